@@ -1,0 +1,23 @@
+"""Engines a user's space can hold besides Dask: Spark and IPyParallel.
+
+One small interface (:class:`~clusterhub.engines.base.Engine`), with a local
+implementation per engine here; the Kubernetes implementations scale
+Deployments in the user's namespace instead of processes.
+"""
+
+from .base import Engine, EngineError, EngineStatus
+
+__all__ = ["Engine", "EngineError", "EngineStatus", "local_engine"]
+
+
+def local_engine(kind: str, space, **kwargs) -> Engine:
+    """The local implementation of engine ``kind`` for ``space``."""
+    if kind == "spark":
+        from .local_spark import LocalSparkEngine
+
+        return LocalSparkEngine(space, **kwargs)
+    if kind == "ipyparallel":
+        from .local_ipyparallel import LocalIPyParallelEngine
+
+        return LocalIPyParallelEngine(space, **kwargs)
+    raise EngineError(f"engine: unknown engine {kind!r}; choose spark or ipyparallel")

@@ -1,0 +1,289 @@
+"""A user's Spark standalone cluster as local processes.
+
+The master and workers are started with pyspark's bundled ``sbin/spark-daemon.sh``
+(pyspark from PyPI has no start-master.sh / start-worker.sh), which detaches
+them, writes a pid file per daemon and rotates their logs. Each worker is an
+*instance number* of the Worker daemon, so scaling is starting or stopping
+instances. The kernel finds the master through ``SPARK_CONF_DIR``'s
+``spark-defaults.conf``, so ``SparkSession.builder.getOrCreate()`` needs no
+arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import procs
+from ..ports import free_port
+from ..space import LocalSpace, read_json, write_json_atomic
+from .base import Engine, EngineError, EngineStatus
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+IDENT = "clusterhub"
+
+
+def spark_home() -> str:
+    try:
+        from pyspark.find_spark_home import _find_spark_home
+    except ImportError as exc:
+        raise EngineError(
+            "Spark is not installed: install clusterhub with the 'spark' extra (pyspark)"
+        ) from exc
+    return _find_spark_home()
+
+
+def java_missing_reason() -> str | None:
+    """Why Spark cannot run here, or None when Java is available."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and os.access(os.path.join(java_home, "bin", "java"), os.X_OK):
+        return None
+    if shutil.which("java"):
+        return None
+    return (
+        "Java is not installed: install a JDK "
+        "(Debian/Ubuntu: apt-get install -y default-jdk-headless)"
+    )
+
+
+class LocalSparkEngine(Engine):
+    kind = "spark"
+
+    def __init__(
+        self,
+        space: LocalSpace,
+        *,
+        worker_cores: int = 1,
+        worker_memory_gib: int = 1,
+        host: str = "127.0.0.1",
+    ):
+        self.space = space
+        self.worker_cores = worker_cores
+        self.worker_memory_gib = worker_memory_gib
+        self.host = host
+
+    # -- files -------------------------------------------------------------------------------
+    def _dir(self, *parts: str) -> str:
+        return self.space.path("spark", *parts)
+
+    @property
+    def _state_file(self) -> str:
+        return self._dir("state.json")
+
+    def _state(self) -> dict:
+        return read_json(self._state_file, default={}) or {}
+
+    def _pid_file(self, cls: str, instance: int) -> str:
+        return self._dir("pids", f"spark-{IDENT}-{cls}-{instance}.pid")
+
+    def _record(self, cls: str, instance: int) -> procs.ProcessRecord | None:
+        try:
+            with open(self._pid_file(cls, instance)) as f:
+                pid = int(f.read().strip())
+            return procs.ProcessRecord.of(pid)
+        except (FileNotFoundError, ValueError, procs.psutil.Error):
+            return None
+
+    def _env(self) -> dict[str, str]:
+        env = {
+            key: os.environ[key]
+            for key in ("PATH", "LANG", "LC_ALL", "JAVA_HOME", "VIRTUAL_ENV")
+            if key in os.environ
+        }
+        env.update(self.space.marker_env())
+        env.update(
+            {
+                "HOME": self._dir(),
+                "SPARK_HOME": spark_home(),
+                "SPARK_LOG_DIR": self._dir("logs"),
+                "SPARK_PID_DIR": self._dir("pids"),
+                "SPARK_WORKER_DIR": self._dir("work"),
+                "SPARK_CONF_DIR": self._dir("conf"),
+                "SPARK_IDENT_STRING": IDENT,
+                "SPARK_LOCAL_IP": self.host,
+                "SPARK_DAEMON_MEMORY": "256m",
+                "PYSPARK_PYTHON": sys.executable,
+            }
+        )
+        return env
+
+    def _daemon(self, cls: str, instance: int, *args: str) -> None:
+        script = os.path.join(spark_home(), "sbin", "spark-daemon.sh")
+        result = subprocess.run(
+            ["bash", script, "start", cls, str(instance), *args],
+            env=self._env(),
+            cwd=self._dir(),
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0 or "failed to launch" in result.stdout:
+            raise EngineError(
+                f"Spark {cls.rsplit('.', 1)[-1]} {instance} failed to start: "
+                f"{(result.stdout + result.stderr).strip()[-800:]}"
+            )
+
+    def _write_client_conf(self, state: dict) -> None:
+        lines = {
+            "spark.master": state["master_url"],
+            "spark.driver.host": self.host,
+            "spark.driver.bindAddress": self.host,
+            "spark.executor.cores": str(state["worker_cores"]),
+            "spark.executor.memory": f"{max(1, state['worker_memory_gib']) * 1024 - 384}m",
+            "spark.pyspark.python": sys.executable,
+            "spark.ui.showConsoleProgress": "false",
+        }
+        os.makedirs(self._dir("conf"), exist_ok=True)
+        with open(self._dir("conf", "spark-defaults.conf"), "w") as f:
+            f.writelines(f"{key} {value}\n" for key, value in lines.items())
+
+    # -- the Engine interface ----------------------------------------------------------------
+    def prepare(self) -> None:
+        if self._state() and self._record(MASTER_CLASS, 1) is not None:
+            return
+        for sub in ("logs", "pids", "work", "conf"):
+            os.makedirs(self._dir(sub), exist_ok=True)
+        port, webui = free_port(self.host), free_port(self.host)
+        state = {
+            "master_url": f"spark://{self.host}:{port}",
+            "master_port": port,
+            "master_webui": f"http://{self.host}:{webui}",
+            "master_webui_port": webui,
+            "worker_cores": self.worker_cores,
+            "worker_memory_gib": self.worker_memory_gib,
+            "workers": 0,
+        }
+        write_json_atomic(self._state_file, state)
+        self._write_client_conf(state)
+
+    def start(self, workers: int) -> None:
+        reason = java_missing_reason()
+        if reason:
+            raise EngineError(reason)
+        self.prepare()
+        if self._record(MASTER_CLASS, 1) is None:
+            state = self._state()
+            self._daemon(
+                MASTER_CLASS,
+                1,
+                "--host",
+                self.host,
+                "--port",
+                str(state["master_port"]),
+                "--webui-port",
+                str(state["master_webui_port"]),
+            )
+        self.scale(workers)
+
+    def _running_instances(self) -> list[int]:
+        pids = self._dir("pids")
+        prefix = f"spark-{IDENT}-{WORKER_CLASS}-"
+        found = []
+        for name in os.listdir(pids) if os.path.isdir(pids) else []:
+            if name.startswith(prefix) and name.endswith(".pid"):
+                instance = int(name[len(prefix) : -len(".pid")])
+                if self._record(WORKER_CLASS, instance) is not None:
+                    found.append(instance)
+        return sorted(found)
+
+    def scale(self, workers: int) -> None:
+        state = self._state()
+        if not state or self._record(MASTER_CLASS, 1) is None:
+            raise EngineError("Spark is not running in this space; start it first")
+        running = self._running_instances()
+        if len(running) < workers:
+            free = [i for i in range(1, workers + len(running) + 1) if i not in running]
+            new = free[: workers - len(running)]
+            args = [
+                "--host",
+                self.host,
+                "--cores",
+                str(state["worker_cores"]),
+                "--memory",
+                f"{state['worker_memory_gib']}g",
+                state["master_url"],
+            ]
+            # spark-daemon.sh waits ~2.5 s per daemon to see it alive: start them side by side.
+            with ThreadPoolExecutor(max_workers=max(1, len(new))) as pool:
+                jobs = [
+                    pool.submit(
+                        self._daemon,
+                        WORKER_CLASS,
+                        i,
+                        "--webui-port",
+                        str(free_port(self.host)),
+                        *args,
+                    )
+                    for i in new
+                ]
+                for job in jobs:
+                    job.result()
+        elif len(running) > workers:
+            for instance in running[workers:]:
+                self._stop_daemon(WORKER_CLASS, instance)
+        state["workers"] = workers
+        write_json_atomic(self._state_file, state)
+
+    def _stop_daemon(self, cls: str, instance: int) -> None:
+        record = self._record(cls, instance)
+        if record is not None:
+            procs.terminate([record], timeout=10)
+        try:
+            os.unlink(self._pid_file(cls, instance))
+        except FileNotFoundError:
+            pass
+
+    def stop(self) -> None:
+        for instance in self._running_instances():
+            self._stop_daemon(WORKER_CLASS, instance)
+        self._stop_daemon(MASTER_CLASS, 1)
+        state = self._state()
+        if state:
+            state["workers"] = 0
+            write_json_atomic(self._state_file, state)
+
+    def alive_workers(self) -> list[dict]:
+        """Workers the master knows as ALIVE, from the master's JSON status page."""
+        state = self._state()
+        try:
+            with urllib.request.urlopen(f"{state['master_webui']}/json/", timeout=3) as response:
+                data = json.load(response)
+        except (OSError, KeyError, ValueError):
+            return []
+        return [w for w in data.get("workers", []) if w.get("state") == "ALIVE"]
+
+    def status(self) -> EngineStatus:
+        state = self._state()
+        if not state:
+            return EngineStatus(engine=self.kind, state="stopped", workers=0)
+        if self._record(MASTER_CLASS, 1) is None:
+            running = bool(state.get("workers"))
+            return EngineStatus(
+                engine=self.kind, state="failed" if running else "stopped", workers=0
+            )
+        alive = self.alive_workers()
+        wanted = state.get("workers", 0)
+        return EngineStatus(
+            engine=self.kind,
+            state="running" if len(alive) >= wanted else "starting",
+            workers=len(alive),
+            address=state["master_url"],
+            dashboard=state["master_webui"],
+            details={"requested_workers": wanted},
+        )
+
+    def client_env(self) -> dict[str, str]:
+        state = self._state()
+        env = {
+            "SPARK_CONF_DIR": self._dir("conf"),
+            "SPARK_LOCAL_IP": self.host,
+            "PYSPARK_PYTHON": sys.executable,
+        }
+        if state:
+            env["SPARK_MASTER_URL"] = state["master_url"]
+        return env

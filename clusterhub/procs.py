@@ -1,0 +1,154 @@
+"""Local processes that outlive the Python process that started them.
+
+Engines (Spark daemons, IPyParallel controllers and engines) are started by the
+hub's spawner but scaled later from the user's notebook server, so no single
+Python process can stay their parent. They are launched detached and recorded by
+pid *and* start time, so a recycled pid is never mistaken for ours.
+
+Every process of a space carries marker variables in its environment
+(:data:`PLATFORM_MARKER`, :data:`SPACE_MARKER`); :func:`sweep` finds stragglers
+by those markers, which also catches kernels and other grandchildren that
+started their own sessions and so escape a process-group kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import psutil
+
+PLATFORM_MARKER = "CLUSTERHUB_PLATFORM"
+SPACE_MARKER = "CLUSTERHUB_SPACE"
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process we started: the pid plus its start time tells it apart from a reused pid."""
+
+    pid: int
+    create_time: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ProcessRecord:
+        return cls(pid=int(data["pid"]), create_time=float(data["create_time"]))
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord:
+        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
+
+    def process(self) -> psutil.Process | None:
+        """The live process, or None when it has exited (or the pid was reused)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    def is_running(self) -> bool:
+        return self.process() is not None
+
+
+def launch_detached(
+    cmd: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    log_path: str,
+) -> ProcessRecord:
+    """Start ``cmd`` in its own session, reparented away from us, and return its record.
+
+    A short-lived ``sh`` starts the command in the background and prints its pid,
+    then exits: the command is adopted by init (or the nearest subreaper), so
+    neither the hub nor a notebook server ever accumulates zombies from it.
+    """
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    script = 'exec "$@" >>"$CLUSTERHUB_LOG" 2>&1 </dev/null &\necho $!'
+    out = subprocess.run(
+        ["sh", "-c", script, "clusterhub-launch", *cmd],
+        env={**env, "CLUSTERHUB_LOG": log_path},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    )
+    pid = int(out.stdout.strip())
+    try:
+        return ProcessRecord.of(pid)
+    except psutil.NoSuchProcess as exc:
+        raise RuntimeError(f"{cmd[0]} exited at once; see {log_path}") from exc
+
+
+def terminate(records: Iterable[ProcessRecord], timeout: float = 10.0) -> None:
+    """SIGTERM each live process (and its children), then SIGKILL what is left after ``timeout``."""
+    procs: list[psutil.Process] = []
+    for record in records:
+        proc = record.process()
+        if proc is None:
+            continue
+        try:
+            procs.extend(proc.children(recursive=True))
+        except psutil.Error:
+            pass
+        procs.append(proc)
+    _terminate_processes(procs, timeout)
+
+
+def _terminate_processes(procs: list[psutil.Process], timeout: float) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+def find_marked(marker: str, value: str) -> list[psutil.Process]:
+    """Every process (but this one) whose environment has ``marker=value``."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(marker) == value and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def sweep(marker: str, value: str, timeout: float = 5.0) -> int:
+    """Stop every process marked ``marker=value``; returns how many there were."""
+    procs = find_marked(marker, value)
+    _terminate_processes(procs, timeout)
+    return len(procs)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

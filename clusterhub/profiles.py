@@ -1,0 +1,218 @@
+"""Profiles: what an admin offers, and what a user picks on the spawn form.
+
+A profile names the engines a user's space gets (Dask always; Spark and/or
+IPyParallel optionally) and the bounds on sizes the user may choose. The user
+never names an image, a command or a resource outside these bounds: every value
+from a form or an API body is checked here, and an error names the field and
+the allowed range.
+
+The same functions serve the local and the Kubernetes spawner and the gateway's
+per-user limits.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ENGINES = ("spark", "ipyparallel")
+
+# The sizes a user may choose, with the absolute bounds an admin may set them within.
+SIZE_FIELDS = {
+    "workers": ("Workers per engine", 0, 64),
+    "worker_cores": ("Cores per worker", 1, 64),
+    "worker_memory_gib": ("Memory per worker (GiB)", 1, 256),
+}
+
+DEFAULT_PROFILES: list[dict[str, Any]] = [
+    {
+        "slug": "dask",
+        "display_name": "Dask",
+        "description": "JupyterLab with a personal Dask Gateway cluster.",
+        "default": True,
+        "engines": [],
+        "workers": {"default": 2, "max": 8},
+        "worker_cores": {"default": 1, "max": 2},
+        "worker_memory_gib": {"default": 1, "max": 4},
+    },
+    {
+        "slug": "dask-spark",
+        "display_name": "Dask + Spark",
+        "description": "Adds a personal Spark standalone master and workers.",
+        "engines": ["spark"],
+        "workers": {"default": 2, "max": 4},
+        "worker_cores": {"default": 1, "max": 2},
+        "worker_memory_gib": {"default": 1, "max": 4},
+    },
+    {
+        "slug": "dask-ipyparallel",
+        "display_name": "Dask + IPyParallel",
+        "description": "Adds a personal IPyParallel controller and engines.",
+        "engines": ["ipyparallel"],
+        "workers": {"default": 2, "max": 8},
+        "worker_cores": {"default": 1, "max": 2},
+        "worker_memory_gib": {"default": 1, "max": 4},
+    },
+]
+
+
+class OptionError(ValueError):
+    """A user's choice is not allowed. The message names the field and what is allowed."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    """A user's validated choices for their space."""
+
+    profile: str
+    workers: int
+    worker_cores: int
+    worker_memory_gib: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _whole_number(field: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int within [low, high], else an OptionError naming ``field``."""
+    allowed = f"must be a whole number from {low} to {high}"
+    if isinstance(value, bool):
+        raise OptionError(field, f"{allowed}, not {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit():
+            raise OptionError(field, f"{allowed}, not {value!r}")
+        value = int(text)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise OptionError(field, f"{allowed}, not {value!r}")
+    if not low <= value <= high:
+        raise OptionError(field, f"{allowed}, not {value}")
+    return value
+
+
+def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check an admin's profile list; return it normalised. Errors name the exact key."""
+    if not isinstance(profiles, list) or not profiles:
+        raise ValueError("profiles: must be a non-empty list of profiles")
+    seen: set[str] = set()
+    result = []
+    for index, profile in enumerate(profiles):
+        where = f"profiles[{index}]"
+        if not isinstance(profile, Mapping):
+            raise ValueError(f"{where}: must be a mapping")
+        known = {"slug", "display_name", "description", "default", "engines", *SIZE_FIELDS}
+        unknown = sorted(set(profile) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+        slug = profile.get("slug")
+        if not isinstance(slug, str) or not slug or not slug.replace("-", "").isalnum():
+            raise ValueError(f"{where}.slug: must be letters, digits and '-', not {slug!r}")
+        if slug in seen:
+            raise ValueError(f"{where}.slug: {slug!r} is used by two profiles")
+        seen.add(slug)
+        engines = profile.get("engines", [])
+        if not isinstance(engines, list) or any(e not in ENGINES for e in engines):
+            raise ValueError(f"{where}.engines: must be a list drawn from {list(ENGINES)}")
+        normalised: dict[str, Any] = {
+            "slug": slug,
+            "display_name": str(profile.get("display_name", slug)),
+            "description": str(profile.get("description", "")),
+            "default": bool(profile.get("default", False)),
+            "engines": list(engines),
+        }
+        for field, (_label, low, high) in SIZE_FIELDS.items():
+            bounds = profile.get(field, {})
+            if not isinstance(bounds, Mapping) or set(bounds) - {"default", "max"}:
+                raise ValueError(f"{where}.{field}: must be a mapping with 'default' and 'max'")
+            top = _whole_number(f"{where}.{field}.max", bounds.get("max", high), low, high)
+            default = _whole_number(
+                f"{where}.{field}.default", bounds.get("default", min(low + 1, top)), low, top
+            )
+            normalised[field] = {"default": default, "max": top}
+        result.append(normalised)
+    if sum(p["default"] for p in result) > 1:
+        raise ValueError("profiles: at most one profile may have default: true")
+    return result
+
+
+def default_profile(profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    return next((p for p in profiles if p["default"]), profiles[0])
+
+
+def find_profile(profiles: list[dict[str, Any]], slug: Any) -> dict[str, Any]:
+    for profile in profiles:
+        if profile["slug"] == slug:
+            return profile
+    choices = ", ".join(p["slug"] for p in profiles)
+    raise OptionError("profile", f"unknown profile {slug!r}; choose one of: {choices}")
+
+
+def validate_options(profiles: list[dict[str, Any]], options: Mapping[str, Any]) -> SpaceOptions:
+    """Turn a user's raw choices (form or API body) into SpaceOptions, or raise OptionError.
+
+    Missing sizes take the profile's defaults; a missing profile is the default profile.
+    """
+    if not isinstance(options, Mapping):
+        raise OptionError("options", "must be a mapping of option names to values")
+    known = {"profile", *SIZE_FIELDS}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise OptionError(unknown[0], f"unknown option; allowed: {sorted(known)}")
+    slug = options.get("profile")
+    profile = default_profile(profiles) if slug in (None, "") else find_profile(profiles, slug)
+    sizes = {}
+    for field, (_label, low, _high) in SIZE_FIELDS.items():
+        bounds = profile[field]
+        raw = options.get(field)
+        if raw is None or raw == "":
+            sizes[field] = bounds["default"]
+        else:
+            sizes[field] = _whole_number(field, raw, low, bounds["max"])
+    return SpaceOptions(profile=profile["slug"], **sizes)
+
+
+def options_from_form(profiles: list[dict[str, Any]], formdata: Mapping[str, list[str]]):
+    """JupyterHub hands form fields over as lists of strings; take the single value of each."""
+    flat: dict[str, Any] = {}
+    for key, values in formdata.items():
+        # The form also carries JupyterHub's own fields (_xsrf) and uploads (*_file).
+        if key.startswith("_") or key.endswith("_file"):
+            continue
+        if len(values) != 1:
+            raise OptionError(key, "must be given exactly once")
+        flat[key] = values[0]
+    return validate_options(profiles, flat)
+
+
+def render_form(profiles: list[dict[str, Any]]) -> str:
+    """The spawn form: one radio button per profile, number fields bounded by the profile."""
+    chosen = default_profile(profiles)
+    rows = []
+    for profile in profiles:
+        checked = " checked" if profile is chosen else ""
+        engines = ", ".join(["dask", *profile["engines"]])
+        rows.append(
+            '<label class="clusterhub-profile" style="display:block;margin-bottom:.5em">'
+            f'<input type="radio" name="profile" value="{html.escape(profile["slug"])}"{checked}>'
+            f" <strong>{html.escape(profile['display_name'])}</strong>"
+            f" <small>({html.escape(engines)})</small><br>"
+            f"<span>{html.escape(profile['description'])}</span></label>"
+        )
+    top = {field: max(p[field]["max"] for p in profiles) for field in SIZE_FIELDS}
+    for field, (label, low, _high) in SIZE_FIELDS.items():
+        default = chosen[field]["default"]
+        rows.append(
+            f'<label for="clusterhub-{field}">{html.escape(label)}'
+            f" (up to the profile's limit)</label>"
+            f'<input class="form-control" type="number" id="clusterhub-{field}" name="{field}"'
+            f' min="{low}" max="{top[field]}" value="{default}">'
+        )
+    return "\n".join(rows)

@@ -1,0 +1,78 @@
+"""The platform's settings, as handed from ``clusterhub up`` to the hub and the gateway.
+
+``clusterhub up`` resolves its flags, the persisted secrets and free ports into
+one :class:`PlatformSettings`, writes it (mode 0600, it holds secrets) into the
+data dir, and points ``CLUSTERHUB_SETTINGS`` at it. The hub's and the gateway's
+config files read it back, so the same config modules serve ``clusterhub up`` and
+the Helm chart (which writes the same file from values).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+SETTINGS_ENV = "CLUSTERHUB_SETTINGS"
+GATEWAY_SERVICE = "dask-gateway"
+GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
+
+
+@dataclass
+class PlatformSettings:
+    data_dir: str
+    workshop_code: str
+    admin_password: str
+    gateway_encrypt_key: str
+    ip: str = ""
+    port: int = 8000
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
+    gateway_api_port: int = 8010
+    gateway_http_port: int = 8011
+    gateway_tcp_port: int = 8012
+    admin_users: list[str] = field(default_factory=lambda: ["admin"])
+    proxy_command: list[str] = field(default_factory=lambda: ["configurable-http-proxy"])
+    extra_config_file: str = ""
+    cull_idle_timeout: int = 3600
+    concurrent_spawn_limit: int = 50
+
+    # -- derived paths ------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.data_dir, *parts)
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the hub and notebooks reach the gateway's HTTP API (loopback, no proxy hop)."""
+        return f"http://127.0.0.1:{self.gateway_http_port}{GATEWAY_PREFIX}"
+
+    @property
+    def gateway_proxy_address(self) -> str:
+        return f"gateway://127.0.0.1:{self.gateway_tcp_port}"
+
+    @property
+    def local_url(self) -> str:
+        host = self.ip if self.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/"
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    @classmethod
+    def load(cls, path: str | None = None) -> PlatformSettings:
+        path = path or os.environ.get(SETTINGS_ENV)
+        if not path:
+            raise RuntimeError(
+                f"{SETTINGS_ENV} is not set: start the platform with `clusterhub up`"
+            )
+        with open(path) as f:
+            data = json.load(f)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

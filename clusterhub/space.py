@@ -1,0 +1,129 @@
+"""A user's *space* on one machine: their home, their engines' runtime files, their processes.
+
+On Kubernetes a space is a namespace; locally it is two directories under the
+platform's data dir:
+
+- ``homes/<safe name>/``: the user's files (notebooks). Never deleted by us.
+- ``spaces/<safe name>/``: runtime state of the user's engines (pid files,
+  logs, connection files, ``space.json``). Rewritten on every start.
+
+Every process of the space carries ``CLUSTERHUB_SPACE=<space dir>`` in its
+environment, which is how stop() finds the last of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import escapism
+
+from . import procs
+
+_SAFE_CHARS = set(string.ascii_lowercase + string.digits)
+
+
+def safe_name(username: str) -> str:
+    """A filesystem-safe, collision-free directory name for a user (``a.b`` != ``a-b``)."""
+    if not username:
+        raise ValueError("username: must not be empty")
+    return escapism.escape(username, safe=_SAFE_CHARS, escape_char="-")
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Write JSON so that a reader never sees half a file."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_json(path: str, default: Any = None) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+
+
+@dataclass(frozen=True)
+class LocalSpace:
+    """Paths and state of one user's space under a platform data dir."""
+
+    data_dir: str
+    username: str
+
+    @property
+    def name(self) -> str:
+        return safe_name(self.username)
+
+    @property
+    def home(self) -> str:
+        return os.path.join(self.data_dir, "homes", self.name)
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.data_dir, "spaces", self.name)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def state_file(self) -> str:
+        return self.path("space.json")
+
+    def marker_env(self) -> dict[str, str]:
+        """The environment markers every process of this space carries."""
+        return {
+            procs.PLATFORM_MARKER: os.path.abspath(self.data_dir),
+            procs.SPACE_MARKER: os.path.abspath(self.root),
+        }
+
+    def create(self) -> None:
+        os.makedirs(self.home, exist_ok=True)
+        os.makedirs(self.root, exist_ok=True)
+
+    def read_state(self) -> dict[str, Any]:
+        return read_json(self.state_file, default={}) or {}
+
+    def write_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.read_state()
+        state.update(changes)
+        state["username"] = self.username
+        write_json_atomic(self.state_file, state)
+        return state
+
+    def is_active(self) -> bool:
+        """Whether the user's server is running (the gateway reaps clusters of inactive spaces)."""
+        return bool(self.read_state().get("active"))
+
+    def processes(self) -> list:
+        return procs.find_marked(procs.SPACE_MARKER, os.path.abspath(self.root))
+
+    def sweep(self) -> int:
+        """Stop every remaining process of this space; returns how many were found."""
+        return procs.sweep(procs.SPACE_MARKER, os.path.abspath(self.root))
+
+
+def space_from_env(environ: dict[str, str] | None = None) -> LocalSpace | None:
+    """The space a process runs in (a notebook server or kernel), from its environment."""
+    environ = os.environ if environ is None else environ
+    root = environ.get(procs.SPACE_MARKER)
+    if not root:
+        return None
+    state = read_json(os.path.join(root, "space.json"), default={}) or {}
+    data_dir = os.path.dirname(os.path.dirname(root))
+    username = state.get("username")
+    if not username:
+        return None
+    return LocalSpace(data_dir=data_dir, username=username)

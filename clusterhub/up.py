@@ -1,0 +1,345 @@
+"""``clusterhub up``: the whole platform on this machine, in the foreground.
+
+Everything is checked before anything starts (flags, ports, node, the proxy,
+Java), so a mistake costs one clear line and leaves nothing half-started. The
+hub then runs as a child in its own session; it starts the proxy, the gateway
+and the culler itself (JupyterHub-managed services). On SIGINT/SIGTERM the hub
+is asked to stop (it stops every user server, and each server stops its
+clusters and engines); whatever still carries the platform's marker after that
+is stopped too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from cryptography.fernet import Fernet
+
+from . import procs
+from .ports import free_port, port_is_free
+from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings
+from .space import read_json, write_json_atomic
+
+WORKSHOP_CODE_ENV = "CLUSTERHUB_WORKSHOP_CODE"
+MIN_CODE_LENGTH = 8
+MAX_CODE_LENGTH = 128
+HUB_START_TIMEOUT = 120
+HUB_STOP_TIMEOUT = 120
+
+
+class UsageError(Exception):
+    """A flag or the machine is not fit to run the platform; the message says how to fix it."""
+
+
+@dataclass
+class Secrets:
+    workshop_code: str
+    admin_password: str
+    gateway_encrypt_key: str
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+# -- checks ----------------------------------------------------------------------------------
+def check_ip(ip: str) -> str:
+    if ip in ("", "*"):
+        return ""
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise UsageError(
+            f"--ip must be an IP address of this machine (e.g. 127.0.0.1 or 0.0.0.0), not {ip!r}"
+        ) from None
+    return ip
+
+
+def check_workshop_code(code: str, source: str) -> str:
+    if not MIN_CODE_LENGTH <= len(code) <= MAX_CODE_LENGTH or code != code.strip():
+        raise UsageError(
+            f"{source} must be {MIN_CODE_LENGTH} to {MAX_CODE_LENGTH} characters without "
+            f"leading or trailing spaces (got {len(code)} characters)"
+        )
+    return code
+
+
+def check_config_file(path: str | None) -> str:
+    if not path:
+        return ""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"--config: no such file: {path}")
+    try:
+        with open(path) as f:
+            compile(f.read(), path, "exec")
+    except SyntaxError as exc:
+        raise UsageError(
+            f"--config: {path} is not valid Python: line {exc.lineno}: {exc.msg}"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def find_proxy() -> list[str]:
+    """configurable-http-proxy from the project's node_modules, else from PATH."""
+    if not shutil.which("node"):
+        raise UsageError(
+            "node is not installed: install Node.js 18 or newer "
+            "(Debian/Ubuntu: apt-get install -y nodejs npm)"
+        )
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    candidates = [
+        os.environ.get("CLUSTERHUB_PROXY_COMMAND", ""),
+        os.path.join(here, "node_modules", ".bin", "configurable-http-proxy"),
+        shutil.which("configurable-http-proxy") or "",
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return [candidate]
+    raise UsageError(
+        "configurable-http-proxy is not installed: run `npm install` in the clusterhub "
+        "checkout, or `npm install -g configurable-http-proxy`"
+    )
+
+
+def check_java() -> None:
+    from .engines.local_spark import java_missing_reason
+
+    reason = java_missing_reason()
+    if reason:
+        raise UsageError(f"{reason} (the Spark profiles need it)")
+
+
+def check_data_dir(path: str) -> str:
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--data-dir: cannot write to {path}: {exc.strerror}") from None
+    return path
+
+
+# -- secrets that survive a restart ----------------------------------------------------------
+def load_secrets(data_dir: str, flag_code: str | None) -> tuple[Secrets, bool]:
+    """The workshop code (flag, env, last run, else new), admin password and DB key.
+
+    Returns the secrets and whether the workshop code was generated now.
+    """
+    path = os.path.join(data_dir, "secrets.json")
+    stored = read_json(path, default={}) or {}
+    generated = False
+    if flag_code is not None:
+        code = check_workshop_code(flag_code, "--workshop-code")
+    elif os.environ.get(WORKSHOP_CODE_ENV):
+        code = check_workshop_code(os.environ[WORKSHOP_CODE_ENV], WORKSHOP_CODE_ENV)
+    elif stored.get("workshop_code"):
+        code = stored["workshop_code"]
+    else:
+        # Short words are easy to read out to a room; 3 x 4 letters is still 57 bits.
+        alphabet = "abcdefghjkmnpqrstuvwxyz"
+        code = "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(3))
+        generated = True
+    result = Secrets(
+        workshop_code=code,
+        admin_password=stored.get("admin_password") or secrets.token_urlsafe(32),
+        gateway_encrypt_key=stored.get("gateway_encrypt_key") or Fernet.generate_key().decode(),
+    )
+    write_json_atomic(path, result.__dict__)
+    os.chmod(path, 0o600)
+    return result, generated
+
+
+# -- running ---------------------------------------------------------------------------------
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Platform:
+    def __init__(self, settings: PlatformSettings):
+        self.settings = settings
+        self.hub: subprocess.Popen | None = None
+        self.log_path = settings.path("logs", "hub.log")
+
+    def start(self) -> None:
+        s = self.settings
+        for sub in ("hub", "gateway", "homes", "spaces", "logs", "run"):
+            os.makedirs(s.path(sub), exist_ok=True)
+        settings_file = s.path("run", "settings.json")
+        s.save(settings_file)
+        env = dict(os.environ)
+        env[SETTINGS_ENV] = settings_file
+        env[procs.PLATFORM_MARKER] = s.data_dir
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        config_file = os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "jupyterhub_config.py"
+        )
+        log = open(self.log_path, "ab")
+        try:
+            self.hub = subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", config_file],
+                cwd=s.path("hub"),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, stopping) -> None:
+        s = self.settings
+        steps = [
+            ("hub and proxy", f"{s.local_url}hub/health"),
+            ("Dask Gateway", f"{s.gateway_url}/api/health"),
+        ]
+        deadline = time.monotonic() + HUB_START_TIMEOUT
+        for name, url in steps:
+            _say(f"  starting {name} ...")
+            while not _healthy(url):
+                if self.hub.poll() is not None:
+                    raise RuntimeError(
+                        f"the hub exited while starting (code {self.hub.returncode}); "
+                        f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                    )
+                if stopping():
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{name} did not become ready in {HUB_START_TIMEOUT} s; "
+                        f"see {self.log_path}:\n{_tail(self.log_path)}"
+                    )
+                time.sleep(0.2)
+            _say(f"  {name}: ready")
+
+    def stop(self) -> None:
+        if self.hub is not None and self.hub.poll() is None:
+            _say("Stopping: user servers, clusters and engines, then the hub ...")
+            self.hub.send_signal(signal.SIGTERM)
+            try:
+                self.hub.wait(HUB_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _say("  the hub did not stop in time; stopping it by force")
+                os.killpg(self.hub.pid, signal.SIGKILL)
+                self.hub.wait()
+        left = procs.sweep(procs.PLATFORM_MARKER, self.settings.data_dir)
+        if left:
+            _say(f"  stopped {left} leftover processes")
+
+
+def resolve_settings(args) -> tuple[PlatformSettings, bool]:
+    """Check every flag and the machine; raise UsageError before anything starts."""
+    ip = check_ip(args.ip)
+    config_file = check_config_file(args.config)
+    proxy = find_proxy()
+    check_java()
+    if not port_is_free(ip, args.port):
+        where = ip or "all interfaces"
+        raise UsageError(
+            f"port {args.port} on {where} is in use: stop what uses it, or choose another "
+            "with --port"
+        )
+    data_dir = check_data_dir(args.data_dir or "~/.clusterhub")
+    pidfile = os.path.join(data_dir, "hub", "jupyterhub.pid")
+    if os.path.exists(pidfile):
+        try:
+            with open(pidfile) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            pass
+        else:
+            raise UsageError(
+                f"--data-dir {data_dir} is in use by a running platform (hub pid {pid}); "
+                "stop it first or choose another data dir"
+            )
+    found, generated = load_secrets(data_dir, args.workshop_code)
+    settings = PlatformSettings(
+        data_dir=data_dir,
+        workshop_code=found.workshop_code,
+        admin_password=found.admin_password,
+        gateway_encrypt_key=found.gateway_encrypt_key,
+        ip=ip,
+        port=args.port,
+        hub_port=free_port(),
+        proxy_api_port=free_port(),
+        gateway_api_port=free_port(),
+        gateway_http_port=free_port(),
+        gateway_tcp_port=free_port(),
+        proxy_command=proxy,
+        extra_config_file=config_file,
+    )
+    return settings, generated
+
+
+def run_up(args) -> int:
+    _say("clusterhub: checking this machine ...")
+    settings, generated = resolve_settings(args)
+    stop_requested = []
+
+    def request_stop(signum, _frame):
+        stop_requested.append(signum)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    platform = Platform(settings)
+    code = 0
+    try:
+        _say(f"clusterhub: starting in {settings.data_dir}")
+        platform.start()
+        platform.wait_ready(lambda: bool(stop_requested))
+        if not stop_requested:
+            _say("")
+            _say(f"clusterhub is ready at {settings.local_url}")
+            if settings.ip in ("", "0.0.0.0", "::"):
+                _say(f"  (listening on all interfaces, port {settings.port})")
+            note = " (generated; keep it for the next run)" if generated else ""
+            _say(f"  workshop code: {settings.workshop_code}{note}")
+            _say(f"  admin login:   {settings.admin_users[0]} / {settings.admin_password}")
+            _say(f"  Dask Gateway:  {settings.local_url.rstrip('/')}{GATEWAY_PREFIX}/")
+            _say("Press Ctrl-C to stop everything.")
+        while not stop_requested:
+            if platform.hub.poll() is not None:
+                _say(
+                    f"clusterhub: the hub exited unexpectedly (code {platform.hub.returncode}); "
+                    f"last lines of {platform.log_path}:\n{_tail(platform.log_path)}"
+                )
+                code = 1
+                break
+            time.sleep(0.2)
+    except RuntimeError as exc:
+        _say(f"clusterhub up: error: {exc}")
+        code = 1
+    finally:
+        platform.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0:
+        _say("clusterhub: stopped.")
+    return code

@@ -1,0 +1,1 @@
+"""Dask Gateway configuration and backends whose clusters live in the owner's space."""

@@ -1,0 +1,97 @@
+"""A Dask Gateway backend whose clusters run as local processes in their owner's space.
+
+Built on dask-gateway-server's database-backed local backend: the gateway's
+database checkpoints every cluster and worker, so a gateway restart resumes
+them. On top of it:
+
+- a cluster's working directory lives in the owner's space, and every process
+  carries the space's marker, so stopping the space finds them all;
+- clusters of a user whose server is not running are reaped (a cluster must
+  never outlive the notebook that made it);
+- the user's profile bounds what a cluster may ask for.
+
+It derives from ``UnsafeLocalBackend`` because locally every user's processes
+run as the platform's account (as with JupyterHub's SimpleLocalProcessSpawner):
+there is no per-user Unix account to switch to. ``LocalBackend``'s setuid path
+is also broken in dask-gateway-server 2026.3 (it chowns every character of a
+path), so we write the working directory ourselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from dask_gateway_server.backends.local import UnsafeLocalBackend
+from traitlets import Float, Unicode
+
+from clusterhub.space import LocalSpace
+
+
+class LocalSpaceBackend(UnsafeLocalBackend):
+    data_dir = Unicode(
+        config=True,
+        help="The platform's data dir; each user's space is below it (see clusterhub.space).",
+    )
+
+    reap_period = Float(
+        10.0,
+        config=True,
+        help="""Seconds between checks for clusters whose owner has no running server.
+
+        Such clusters are stopped: they would otherwise hold resources nobody can use.
+        """,
+    )
+
+    def space(self, username: str) -> LocalSpace:
+        return LocalSpace(self.data_dir, username)
+
+    def setup_working_directory(self, cluster) -> str:
+        workdir = self.space(cluster.username).path("dask-gateway", cluster.name)
+        for path in (workdir, self.get_certs_directory(workdir), self.get_logs_directory(workdir)):
+            os.makedirs(path, 0o700, exist_ok=True)
+        cert_path, key_path = self._get_tls_paths(workdir)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
+            with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+                f.write(data)
+        return workdir
+
+    def get_env(self, cluster) -> dict:
+        env = super().get_env(cluster)
+        space = self.space(cluster.username)
+        env.update(space.marker_env())
+        env["HOME"] = cluster.state.get("workdir") or space.root
+        return env
+
+    async def do_setup(self) -> None:
+        await super().do_setup()
+        self._reaper = asyncio.ensure_future(self._reap_loop())
+
+    async def do_cleanup(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.cancel()
+        await super().do_cleanup()
+
+    async def reap_orphans(self) -> list[str]:
+        """Stop every active cluster whose owner's space is not active; return their names."""
+        reaped = []
+        for cluster in list(self.db.active_clusters()):
+            if not self.space(cluster.username).is_active():
+                self.log.info(
+                    "Stopping cluster %s: its owner %s has no running server",
+                    cluster.name,
+                    cluster.username,
+                )
+                await self.stop_cluster(cluster.name)
+                reaped.append(cluster.name)
+        return reaped
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_period)
+            try:
+                await self.reap_orphans()
+            except Exception:
+                self.log.exception("Reaping clusters of stopped spaces failed")

@@ -1,0 +1,1 @@
+"""The Clusters sidebar, its jupyter-server extension and the notebook widget."""

@@ -1,0 +1,223 @@
+"""The local spawner: each user's space is a home, a runtime directory and a set of processes.
+
+All users run as the platform's own account (like JupyterHub's
+SimpleLocalProcessSpawner, which this extends): this is the "one machine is all
+you need" mode for a workshop, not a multi-tenant security boundary.
+
+On start: create the space, merge the workshop content into the home, prepare
+the profile's engines so the notebook's environment already points at them,
+start the notebook, then start the engines in the background (a slow Spark
+worker must not delay the notebook). On stop: mark the space inactive, stop the
+user's gateway clusters, the engines, the notebook, and finally any process
+still carrying the space's marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from clusterhub.gateway.client import stop_user_clusters
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from tornado import web
+from traitlets import Float, List, Unicode, default, validate
+
+from clusterhub import profiles as profile_rules
+from clusterhub.content import sync_content, workshop_source
+from clusterhub.engines import Engine, EngineError, local_engine
+from clusterhub.settings import GATEWAY_PREFIX
+from clusterhub.space import LocalSpace
+
+
+class LocalSpaceSpawner(SimpleLocalProcessSpawner):
+    profiles = List(
+        config=True,
+        help="""The profiles users choose from on the spawn form.
+
+        Each is a dict: ``slug``, ``display_name``, ``description``, ``default``,
+        ``engines`` (a list drawn from "spark", "ipyparallel"; Dask is always there),
+        and for ``workers``, ``worker_cores`` and ``worker_memory_gib`` a dict
+        ``{"default": N, "max": M}``. Users can never exceed a profile's maxima.
+        """,
+    )
+
+    @default("profiles")
+    def _default_profiles(self):
+        return profile_rules.validate_profiles(profile_rules.DEFAULT_PROFILES)
+
+    @validate("profiles")
+    def _validate_profiles(self, proposal):
+        return profile_rules.validate_profiles(proposal.value)
+
+    data_dir = Unicode(
+        config=True,
+        help="The platform's data dir. Homes are in <data_dir>/homes, spaces in <data_dir>/spaces.",
+    )
+
+    workshop_content = Unicode(
+        config=True,
+        help="""A directory merged into every home on each start (new files arrive,
+        a user's edits are never overwritten). Empty to deliver nothing.""",
+    )
+
+    @default("workshop_content")
+    def _default_workshop_content(self):
+        return workshop_source()
+
+    gateway_url = Unicode(
+        config=True,
+        help="The Dask Gateway's HTTP address as seen from notebooks, including its prefix.",
+    )
+
+    gateway_proxy_address = Unicode(
+        config=True,
+        help="The gateway's scheduler proxy (gateway://host:port) as seen from notebooks.",
+    )
+
+    engine_stop_timeout = Float(
+        60.0, config=True, help="Seconds to wait for a space's engines to stop."
+    )
+
+    @default("home_dir")
+    def _default_home_dir(self):
+        return self.space.home
+
+    @default("options_form")
+    def _default_options_form(self):
+        return profile_rules.render_form(self.profiles)
+
+    @property
+    def space(self) -> LocalSpace:
+        if not self.data_dir:
+            raise RuntimeError("LocalSpaceSpawner.data_dir is not configured")
+        return LocalSpace(self.data_dir, self.user.name)
+
+    # -- options ------------------------------------------------------------------------------
+    def options_from_form(self, formdata):
+        try:
+            return profile_rules.options_from_form(self.profiles, formdata).to_dict()
+        except profile_rules.OptionError as exc:
+            error = web.HTTPError(400, str(exc))
+            error.jupyterhub_message = str(exc)  # shown above the re-rendered form
+            raise error from None
+
+    def space_options(self) -> profile_rules.SpaceOptions:
+        """The validated options of this spawn; API spawns are checked like form spawns."""
+        try:
+            return profile_rules.validate_options(self.profiles, self.user_options or {})
+        except profile_rules.OptionError as exc:
+            error = web.HTTPError(400, str(exc))
+            error.jupyterhub_message = str(exc)
+            raise error from None
+
+    def engines(self, options: profile_rules.SpaceOptions) -> list[Engine]:
+        profile = profile_rules.find_profile(self.profiles, options.profile)
+        return [
+            local_engine(
+                kind,
+                self.space,
+                worker_cores=options.worker_cores,
+                worker_memory_gib=options.worker_memory_gib,
+            )
+            for kind in profile["engines"]
+        ]
+
+    # -- environment --------------------------------------------------------------------------
+    def get_env(self):
+        env = super().get_env()
+        space = self.space
+        env.update(space.marker_env())
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        env.update(
+            {
+                "DASK_GATEWAY__ADDRESS": self.gateway_url,
+                "DASK_GATEWAY__PROXY_ADDRESS": self.gateway_proxy_address,
+                "DASK_GATEWAY__PUBLIC_ADDRESS": GATEWAY_PREFIX,
+                "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+            }
+        )
+        for engine in self.engines(self.space_options()):
+            env.update(engine.client_env())
+        return env
+
+    def get_args(self):
+        args = super().get_args()
+        if os.geteuid() == 0:
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self):
+        options = self.space_options()
+        profile = profile_rules.find_profile(self.profiles, options.profile)
+        space = self.space
+        space.create()
+        if self.workshop_content:
+            report = await asyncio.to_thread(
+                sync_content, self.workshop_content, space.home, space.path("content.json")
+            )
+            self.log.info(
+                "Workshop content for %s: %d added, %d updated, %d kept as the user's",
+                self.user.name,
+                len(report.added),
+                len(report.updated),
+                len(report.kept),
+            )
+        engines = self.engines(options)
+        for engine in engines:
+            await asyncio.to_thread(engine.prepare)
+        space.write_state(
+            active=True,
+            options=options.to_dict(),
+            limits={field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS},
+            engines={engine.kind: "starting" for engine in engines},
+        )
+        address = await super().start()
+        if engines:
+            self._engines_task = asyncio.ensure_future(
+                self._start_engines(engines, options.workers)
+            )
+        return address
+
+    async def _start_engines(self, engines: list[Engine], workers: int) -> None:
+        """Start engines one by one; a failing engine is recorded, never fatal to the notebook."""
+        for engine in engines:
+            try:
+                await asyncio.to_thread(engine.start, workers)
+                state = "running"
+            except EngineError as exc:
+                self.log.error("%s for %s failed to start: %s", engine.kind, self.user.name, exc)
+                state = f"failed: {exc}"
+            except Exception:
+                self.log.exception("%s for %s failed to start", engine.kind, self.user.name)
+                state = "failed: internal error, see the hub's log"
+            engines_state = self.space.read_state().get("engines", {})
+            engines_state[engine.kind] = state
+            self.space.write_state(engines=engines_state)
+
+    async def stop(self, now=False):
+        space = self.space
+        # First, so that the gateway refuses new clusters and reaps any it still has.
+        space.write_state(active=False)
+        task = getattr(self, "_engines_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.api_token and self.gateway_url:
+            try:
+                stopped = await stop_user_clusters(self.gateway_url, self.api_token)
+                if stopped:
+                    self.log.info("Stopped gateway clusters of %s: %s", self.user.name, stopped)
+            except Exception as exc:
+                # The reaper and the sweep below still stop them; say so in the log.
+                self.log.warning("Could not stop gateway clusters of %s: %s", self.user.name, exc)
+        for kind in space.read_state().get("engines", {}):
+            try:
+                await asyncio.to_thread(local_engine(kind, space).stop)
+            except Exception:
+                self.log.exception("Stopping %s of %s failed", kind, self.user.name)
+        await super().stop(now=now)
+        left = await asyncio.to_thread(space.sweep)
+        if left:
+            self.log.info("Stopped %d leftover processes of %s", left, self.user.name)

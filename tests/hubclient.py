@@ -1,0 +1,318 @@
+"""Driving a running platform over HTTP the way a browser does.
+
+`RunningPlatform` runs `clusterhub up` as a real subprocess on free ports;
+`BrowserUser` logs in through the login form, submits the spawn form, follows
+the OAuth redirects into the user's server and runs code in a kernel over the
+Jupyter kernel websocket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import urlparse
+
+import psutil
+import requests
+import websocket
+
+READY_LINE = "clusterhub is ready at "
+
+
+class PlatformError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def marked_processes(marker: str, value: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(marker) == value and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class RunningPlatform:
+    """`clusterhub up` in a subprocess, with its own HOME and TMPDIR under ``root``."""
+
+    def __init__(self, root: str, workshop_code: str = "open-sesame-2026", extra_args=()):
+        self.root = root
+        self.data_dir = os.path.join(root, "data")
+        self.workshop_code = workshop_code
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen | None = None
+        self.output: list[str] = []
+        self.admin_password = ""
+        self.pass_workshop_code = True
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        home = os.path.join(self.root, "home")
+        tmp = os.path.join(self.root, "tmp")
+        os.makedirs(home, exist_ok=True)
+        os.makedirs(tmp, exist_ok=True)
+        env.update(HOME=home, TMPDIR=tmp, PYTHONUNBUFFERED="1")
+        env.pop("CLUSTERHUB_WORKSHOP_CODE", None)
+        env.pop("JUPYTERHUB_API_TOKEN", None)
+        return env
+
+    def start(self, timeout: float = 120) -> RunningPlatform:
+        cmd = [
+            sys.executable,
+            "-m",
+            "clusterhub.cli",
+            "up",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            self.data_dir,
+            *(["--workshop-code", self.workshop_code] if self.pass_workshop_code else []),
+            *self.extra_args,
+        ]
+        self.output = []
+        if hasattr(self, "_admin_token"):
+            del self._admin_token  # tokens are kept, but log in anew like a returning admin
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            match = re.search(r"admin login:\s+\S+ / (\S+)", line)
+            if match:
+                self.admin_password = match.group(1)
+            if "Press Ctrl-C" in line:
+                return self
+        self.stop()
+        raise PlatformError("clusterhub up did not become ready:\n" + "".join(self.output))
+
+    def stop(self, timeout: float = 150) -> int:
+        """SIGTERM `clusterhub up` and wait; returns its exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = self.proc.communicate(timeout=timeout)
+            self.output.append(rest or "")
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill_leftovers(self) -> list[str]:
+        """Kill anything still marked as ours; returns what was found (should be nothing)."""
+        found = marked_processes("CLUSTERHUB_PLATFORM", self.data_dir)
+        described = []
+        for proc in found:
+            try:
+                described.append(" ".join(proc.cmdline())[:200])
+                proc.kill()
+            except psutil.Error:
+                pass
+        return described
+
+    def admin_api(self, method: str, path: str, **kwargs) -> requests.Response:
+        """Call the hub's REST API as the admin, with a token made through the login form."""
+        if not hasattr(self, "_admin_token"):
+            admin = BrowserUser(self, "admin", password=self.admin_password)
+            admin.login()
+            xsrf = admin.xsrf("/hub/")
+            response = admin.session.post(
+                f"{self.url}/hub/api/users/admin/tokens",
+                json={"note": "tests", "expires_in": 3600},
+                headers={"X-XSRFToken": xsrf},
+            )
+            response.raise_for_status()
+            self._admin_token = response.json()["token"]
+        headers = {"Authorization": f"token {self._admin_token}"}
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kwargs)
+
+
+class BrowserUser:
+    def __init__(self, platform: RunningPlatform, name: str, password: str | None = None):
+        self.platform = platform
+        self.name = name
+        self.password = platform.workshop_code if password is None else password
+        self.session = requests.Session()
+        self.base = platform.url
+
+    # -- cookies ------------------------------------------------------------------------------
+    def xsrf(self, path_prefix: str) -> str:
+        """The `_xsrf` cookie for a path: the hub's and the user server's both exist."""
+        best = None
+        for cookie in self.session.cookies:
+            if cookie.name == "_xsrf" and path_prefix.startswith(cookie.path or "/"):
+                if best is None or len(cookie.path) > len(best.path):
+                    best = cookie
+        if best is None:
+            raise PlatformError(f"no _xsrf cookie for {path_prefix}")
+        return best.value
+
+    # -- hub pages ----------------------------------------------------------------------------
+    def login(self) -> requests.Response:
+        self.session.get(f"{self.base}/hub/login").raise_for_status()
+        return self.session.post(
+            f"{self.base}/hub/login",
+            data={"username": self.name, "password": self.password, "_xsrf": self.xsrf("/hub/")},
+            allow_redirects=True,
+        )
+
+    def spawn(self, **options) -> requests.Response:
+        """Submit the spawn form (after login the hub shows it) with the given options."""
+        form = {"_xsrf": self.xsrf("/hub/"), **{k: str(v) for k, v in options.items()}}
+        return self.session.post(f"{self.base}/hub/spawn", data=form, allow_redirects=False)
+
+    def server_model(self) -> dict:
+        response = self.platform.admin_api("GET", f"/users/{self.name}")
+        response.raise_for_status()
+        return response.json()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until the server answers, then open it once so OAuth sets our cookies."""
+        deadline = time.monotonic() + timeout
+        while not self.server_model().get("servers", {}).get("", {}).get("ready"):
+            if time.monotonic() > deadline:
+                raise PlatformError(f"{self.name}'s server was not ready in {timeout} s")
+            time.sleep(0.3)
+        # API paths refuse a request without the server's cookie; a page redirects through
+        # the hub's OAuth and sets it, as when a browser lands on JupyterLab.
+        self.session.get(f"{self.base}/user/{self.name}/lab").raise_for_status()
+        self.session.get(f"{self.base}/user/{self.name}/api/status").raise_for_status()
+
+    def stop_server(self, timeout: float = 120) -> None:
+        response = self.platform.admin_api("DELETE", f"/users/{self.name}/server")
+        if response.status_code not in (202, 204):
+            raise PlatformError(f"stopping {self.name}: {response.status_code} {response.text}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.server_model().get("servers", {}).get(""):
+                return
+            time.sleep(0.3)
+        raise PlatformError(f"{self.name}'s server did not stop in {timeout} s")
+
+    # -- the user's server --------------------------------------------------------------------
+    def server_api(self, method: str, path: str, **kwargs) -> requests.Response:
+        prefix = f"/user/{self.name}/"
+        headers = kwargs.pop("headers", {})
+        headers["X-XSRFToken"] = self.xsrf(prefix)
+        return self.session.request(
+            method, f"{self.base}{prefix}{path.lstrip('/')}", headers=headers, **kwargs
+        )
+
+    def kernel(self) -> Kernel:
+        response = self.server_api("POST", "api/kernels", json={"name": "python3"})
+        response.raise_for_status()
+        return Kernel(self, response.json()["id"])
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+class Kernel:
+    """A kernel of the user's server, driven over its websocket as JupyterLab does."""
+
+    def __init__(self, user: BrowserUser, kernel_id: str):
+        self.user = user
+        self.id = kernel_id
+        base = urlparse(user.base)
+        url = f"ws://{base.netloc}/user/{user.name}/api/kernels/{kernel_id}/channels"
+        cookies = "; ".join(f"{c.name}={c.value}" for c in user.session.cookies)
+        self.ws = websocket.create_connection(
+            url,
+            cookie=cookies,
+            header=[f"X-XSRFToken: {user.xsrf(f'/user/{user.name}/')}"],
+            origin=user.base,
+            timeout=300,
+        )
+        self.session_id = uuid.uuid4().hex
+
+    def execute(self, code: str, timeout: float = 300) -> str:
+        """Run ``code``; return its stdout (not stderr, where JVMs log) and the repr of its result.
+
+        An exception in the kernel raises KernelError."""
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": self.user.name,
+                        "session": self.session_id,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                    },
+                    "channel": "shell",
+                }
+            )
+        )
+        output: list[str] = []
+        error = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            content = msg["content"]
+            if kind == "stream" and content["name"] == "stdout":
+                output.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                output.append(content["data"].get("text/plain", "") + "\n")
+            elif kind == "error":
+                error = f"{content['ename']}: {content['evalue']}\n" + "\n".join(
+                    content.get("traceback", [])
+                )
+            elif kind == "status" and content["execution_state"] == "idle":
+                if error:
+                    raise KernelError(error)
+                return "".join(output)
+        raise KernelError(f"no answer in {timeout} s to:\n{code}")
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.user.server_api("DELETE", f"api/kernels/{self.id}")

@@ -1,0 +1,231 @@
+"""The whole platform on one machine, driven over HTTP as attendees' browsers would.
+
+One `clusterhub up` serves the module; the last test restarts it on the same
+data dir. Every process the platform starts carries its marker, so the tests
+can check the process table for leftovers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from hubclient import BrowserUser, RunningPlatform, marked_processes
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SPACE_MARKER = "CLUSTERHUB_SPACE"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    running = RunningPlatform(str(tmp_path_factory.mktemp("platform")))
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        leftovers = running.kill_leftovers()
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def space_dir(platform: RunningPlatform, name: str) -> str:
+    from clusterhub.space import safe_name
+
+    return os.path.join(platform.data_dir, "spaces", safe_name(name))
+
+
+def space_processes(platform: RunningPlatform, name: str):
+    return marked_processes(SPACE_MARKER, space_dir(platform, name))
+
+
+def started_user(platform, name, **options) -> BrowserUser:
+    user = BrowserUser(platform, name)
+    user.login().raise_for_status()
+    response = user.spawn(**options)
+    assert response.status_code == 302, response.text[:2000]
+    user.wait_ready()
+    return user
+
+
+def test_wrong_workshop_code_is_refused(platform):
+    intruder = BrowserUser(platform, "mallory", password="not-the-code")
+    response = intruder.login()
+    assert response.status_code == 403
+    assert "Invalid username or password" in response.text
+    assert platform.admin_api("GET", "/users/mallory").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"profile": "gpu-monster"}, "profile: unknown profile &#39;gpu-monster&#39;"),
+        (
+            {"profile": "dask", "worker_cores": "99"},
+            "worker_cores: must be a whole number from 1 to 2",
+        ),
+        ({"profile": "dask", "workers": "three"}, "workers: must be a whole number from 0 to 8"),
+    ],
+)
+def test_bad_spawn_form_shows_the_error_and_starts_nothing(platform, options, message):
+    user = BrowserUser(platform, "eve")
+    user.login().raise_for_status()
+    response = user.spawn(**options)
+    assert response.status_code == 400
+    assert message in response.text
+    assert 'name="profile"' in response.text, "the form is shown again"
+    assert not user.server_model()["servers"]
+    assert not space_processes(platform, "eve")
+
+
+@pytest.fixture(scope="module")
+def alice(platform):
+    return started_user(platform, "alice", profile="dask")
+
+
+@pytest.fixture(scope="module")
+def bob(platform):
+    return started_user(platform, "bob", profile="dask")
+
+
+@pytest.fixture(scope="module")
+def kernels(alice, bob):
+    """One kernel per user, kept open: a cluster made with new_cluster() lives as long as
+    the client that made it (dask-gateway's shutdown_on_close)."""
+    opened = {alice.name: alice.kernel(), bob.name: bob.kernel()}
+    yield opened
+    for kernel in opened.values():
+        try:
+            kernel.close()
+        except Exception:
+            pass  # the server may be stopped already
+
+
+def test_workshop_content_arrives_in_the_home(platform, alice):
+    home = os.path.join(platform.data_dir, "homes", "alice")
+    assert os.path.isfile(os.path.join(home, "01-dask-hostnames.ipynb"))
+    contents = alice.server_api("GET", "api/contents/").json()
+    assert "01-dask-hostnames.ipynb" in {item["name"] for item in contents["content"]}
+
+
+def test_each_user_gets_a_dask_cluster_with_no_arguments(platform, alice, bob, kernels):
+    for user in (alice, bob):
+        out = kernels[user.name].execute(
+            "from dask_gateway import Gateway\n"
+            "import socket\n"
+            "gateway = Gateway()\n"
+            "cluster = gateway.new_cluster()\n"
+            "cluster.scale(2)\n"
+            "client = cluster.get_client()\n"
+            "client.wait_for_workers(2, timeout=120)\n"
+            "hosts = client.gather(client.map(lambda i: socket.gethostname(), range(20)))\n"
+            "print(len(hosts), len(client.scheduler_info()['workers']), cluster.name)\n"
+        )
+        count, workers, name = out.split()
+        assert (count, workers) == ("20", "2")
+        user.cluster_name = name
+    assert alice.cluster_name != bob.cluster_name
+
+
+def test_a_user_cannot_see_or_connect_to_another_users_cluster(platform, alice, bob, kernels):
+    kernel = kernels[bob.name]
+    listed = kernel.execute("print([c.name for c in Gateway().list_clusters()])")
+    assert alice.cluster_name not in listed
+    assert bob.cluster_name in listed
+    out = kernel.execute(
+        "try:\n"
+        f"    Gateway().connect({alice.cluster_name!r})\n"
+        "    print('CONNECTED')\n"
+        "except Exception as exc:\n"
+        "    print('REFUSED', type(exc).__name__, exc)\n"
+    )
+    assert out.startswith("REFUSED"), out
+
+
+def test_stopping_a_server_leaves_no_process_of_that_user(platform, alice, kernels):
+    running = [" ".join(p.cmdline()) for p in space_processes(platform, "alice")]
+    assert any("dask scheduler" in c or "distributed" in c for c in running), running
+    alice.stop_server()
+    deadline = time.monotonic() + 20
+    while space_processes(platform, "alice") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [" ".join(p.cmdline()) for p in space_processes(platform, "alice")]
+    assert not left, left
+
+
+def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform):
+    carol = started_user(platform, "carol", profile="dask-spark", workers=2)
+    kernel = carol.kernel()
+    try:
+        out = kernel.execute(
+            "import time\n"
+            "from pyspark.sql import SparkSession\n"
+            "spark = SparkSession.builder.appName('e2e').getOrCreate()\n"
+            "sc = spark.sparkContext\n"
+            "deadline = time.time() + 120\n"
+            "while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.time() < deadline:\n"
+            "    time.sleep(0.5)\n"
+            "total = sc.parallelize(range(1000), 8).map(lambda x: x * x).sum()\n"
+            "print(sc.master, total, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)\n",
+            timeout=300,
+        )
+        master, total, executors = out.split()
+        from clusterhub.space import read_json
+
+        state = read_json(os.path.join(space_dir(platform, "carol"), "spark", "state.json"))
+        assert master == state["master_url"], "the kernel used carol's own master"
+        assert total == str(sum(x * x for x in range(1000)))
+        assert executors == "2", "one executor on each of the two standalone workers"
+
+        # The master dying must not take the notebook down.
+        pid_dir = os.path.join(space_dir(platform, "carol"), "spark", "pids")
+        master_pid_file = next(f for f in os.listdir(pid_dir) if "Master" in f)
+        with open(os.path.join(pid_dir, master_pid_file)) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+        time.sleep(1)
+        assert kernel.execute("print(6 * 7)").strip() == "42"
+        assert carol.server_model()["servers"][""]["ready"]
+    finally:
+        kernel.execute("spark.stop()")
+        kernel.close()
+    carol.stop_server()
+    assert not space_processes(platform, "carol")
+
+
+def test_ipyparallel_profile_maps_over_the_users_engines(platform):
+    dave = started_user(platform, "dave", profile="dask-ipyparallel", workers=2)
+    kernel = dave.kernel()
+    try:
+        out = kernel.execute(
+            "import ipyparallel as ipp, socket, os\n"
+            "rc = ipp.Client()\n"
+            "rc.wait_for_engines(2, timeout=120)\n"
+            "squares = rc.load_balanced_view().map_sync(lambda x: x * x, range(20))\n"
+            "spaces = set(rc[:].apply_sync(lambda: __import__('os').environ['CLUSTERHUB_SPACE']))\n"
+            "print(len(rc.ids), sum(squares), spaces == {os.environ['CLUSTERHUB_SPACE']})\n"
+        )
+    finally:
+        kernel.close()
+    assert out.strip().splitlines()[-1].split() == ["2", str(sum(x * x for x in range(20))), "True"]
+    dave.stop_server()
+    assert not space_processes(platform, "dave")
+
+
+def test_restart_keeps_accounts_homes_and_the_workshop_code(platform, bob):
+    assert platform.stop() == 0, "".join(platform.output)
+    assert "clusterhub: stopped." in "".join(platform.output)
+    assert not platform.kill_leftovers(), "clusterhub up stopped everything it started"
+
+    # Same data dir and no --workshop-code: the code of the last run is kept.
+    platform.pass_workshop_code = False
+    platform.start()
+    assert f"workshop code: {platform.workshop_code}" in "".join(platform.output)
+    users = {u["name"] for u in platform.admin_api("GET", "/users").json()}
+    assert {"alice", "bob", "carol", "dave"} <= users
+    home = os.path.join(platform.data_dir, "homes", "alice")
+    assert os.path.isfile(os.path.join(home, "01-dask-hostnames.ipynb"))
+    again = BrowserUser(platform, "bob")
+    assert again.login().status_code == 200
+    assert again.session.get(f"{platform.url}/hub/spawn").status_code == 200
