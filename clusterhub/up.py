@@ -91,17 +91,24 @@ def check_config_file(path: str | None) -> str:
     return path
 
 
-def find_proxy() -> list[str]:
-    """configurable-http-proxy from the project's node_modules, else from PATH."""
+PROXY_COMMAND_ENV = "CLUSTERHUB_PROXY_COMMAND"
+CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def find_proxy(checkout_dir: str = CHECKOUT_DIR) -> list[str]:
+    """configurable-http-proxy: $CLUSTERHUB_PROXY_COMMAND, the checkout's node_modules, or PATH."""
     if not shutil.which("node"):
         raise UsageError(
             "node is not installed: install Node.js 18 or newer "
             "(Debian/Ubuntu: apt-get install -y nodejs npm)"
         )
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    chosen = os.environ.get(PROXY_COMMAND_ENV)
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise UsageError(f"{PROXY_COMMAND_ENV}: {chosen} is not an executable file")
+        return [chosen]
     candidates = [
-        os.environ.get("CLUSTERHUB_PROXY_COMMAND", ""),
-        os.path.join(here, "node_modules", ".bin", "configurable-http-proxy"),
+        os.path.join(checkout_dir, "node_modules", ".bin", "configurable-http-proxy"),
         shutil.which("configurable-http-proxy") or "",
     ]
     for candidate in candidates:
@@ -257,6 +264,10 @@ class Platform:
 def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     """Check every flag and the machine; raise UsageError before anything starts."""
     ip = check_ip(args.ip)
+    if args.workshop_code is not None:
+        check_workshop_code(args.workshop_code, "--workshop-code")
+    elif os.environ.get(WORKSHOP_CODE_ENV):
+        check_workshop_code(os.environ[WORKSHOP_CODE_ENV], WORKSHOP_CODE_ENV)
     config_file = check_config_file(args.config)
     proxy = find_proxy()
     check_java()
