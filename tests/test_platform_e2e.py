@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 from hubclient import BrowserUser, RunningPlatform, marked_processes
 
@@ -155,7 +156,7 @@ def test_stopping_a_server_leaves_no_process_of_that_user(platform, alice, kerne
     assert not left, left
 
 
-def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform):
+def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform, bob, kernels):
     carol = started_user(platform, "carol", profile="dask-spark", workers=2)
     kernel = carol.kernel()
     try:
@@ -178,6 +179,21 @@ def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform):
         assert master == state["master_url"], "the kernel used carol's own master"
         assert total == str(sum(x * x for x in range(1000)))
         assert executors == "2", "one executor on each of the two standalone workers"
+
+        # Every service of the platform listens on loopback only (the tests bind the public
+        # port to 127.0.0.1 too): hub, gateway, bob's Dask cluster, carol's Spark and kernel.
+        listening = set()
+        for proc in marked_processes("CLUSTERHUB_PLATFORM", platform.data_dir):
+            try:
+                connections = proc.net_connections(kind="inet")
+            except psutil.Error:
+                continue
+            for conn in connections:
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.add((conn.laddr.ip, " ".join(proc.cmdline()[:3])))
+        assert listening, "the platform's processes were found"
+        exposed = {entry for entry in listening if entry[0] not in ("127.0.0.1", "::1")}
+        assert not exposed, exposed
 
         # The master dying must not take the notebook down.
         pid_dir = os.path.join(space_dir(platform, "carol"), "spark", "pids")
