@@ -7,6 +7,7 @@ can check the process table for leftovers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import time
@@ -30,6 +31,12 @@ def platform(tmp_path_factory):
         running.stop()
         leftovers = running.kill_leftovers()
         assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # Java listens on ::ffff:127.0.0.1
+    return (mapped or ip).is_loopback
 
 
 def space_dir(platform: RunningPlatform, name: str) -> str:
@@ -192,7 +199,7 @@ def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform, bob,
                 if conn.status == psutil.CONN_LISTEN:
                     listening.add((conn.laddr.ip, " ".join(proc.cmdline()[:3])))
         assert listening, "the platform's processes were found"
-        exposed = {entry for entry in listening if entry[0] not in ("127.0.0.1", "::1")}
+        exposed = {entry for entry in listening if not is_loopback(entry[0])}
         assert not exposed, exposed
 
         # The master dying must not take the notebook down.

@@ -1,0 +1,249 @@
+"""Benchmarks of the local platform, each a ratio against a baseline measured in the same run.
+
+    python benchmarks/local_platform.py spawn   [--users 5]
+    python benchmarks/local_platform.py cluster [--repeat 5]
+    python benchmarks/local_platform.py surge   [--users 20]
+    python benchmarks/local_platform.py all
+
+spawn:   spawn-to-ready of LocalSpaceSpawner vs JupyterHub's SimpleLocalProcessSpawner,
+         on the same hub config (goal: ratio <= 1.1).
+cluster: new_cluster + 2 workers joined, through our gateway vs dask-gateway-server's own
+         UnsafeLocalBackend configured by hand (goal: ratio <= 1.2 and < 3 s).
+surge:   N users log in through the form at once; users ready per minute, ours vs plain
+         JupyterHub + SimpleLocalProcessSpawner (goal: ratio >= 0.9, no failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+
+from hubclient import BrowserUser, RunningPlatform, free_port  # noqa: E402
+
+PLAIN_CONFIG = """
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = {homes!r} + "/{{username}}"
+c.SimpleLocalProcessSpawner.args = ["--ServerApp.allow_root=True"]
+"""
+
+
+def platform(root: str, plain: bool) -> RunningPlatform:
+    extra = []
+    if plain:
+        config = os.path.join(root, "plain_config.py")
+        os.makedirs(root, exist_ok=True)
+        with open(config, "w") as f:
+            f.write(PLAIN_CONFIG.format(homes=os.path.join(root, "plain-homes")))
+        extra = ["--config", config]
+    return RunningPlatform(root, extra_args=extra).start()
+
+
+def admin_spawn_and_wait(running: RunningPlatform, name: str, options: dict | None) -> float:
+    """Spawn through the REST API as an admin would; seconds until the hub reports ready."""
+    running.admin_api("POST", f"/users/{name}")
+    start = time.perf_counter()
+    response = running.admin_api("POST", f"/users/{name}/server", json=options or {})
+    if response.status_code not in (201, 202):
+        raise RuntimeError(f"spawn of {name}: {response.status_code} {response.text}")
+    user = BrowserUser(running, name)
+    deadline = time.monotonic() + 180
+    while not user.server_model().get("servers", {}).get("", {}).get("ready"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def bench_spawn(users: int) -> None:
+    results = {}
+    for label, plain in (("plain", True), ("clusterhub", False)):
+        with tempfile.TemporaryDirectory() as root:
+            running = platform(root, plain)
+            try:
+                options = None if plain else {"profile": "dask"}
+                times = [
+                    admin_spawn_and_wait(running, f"{label}{i}", options) for i in range(users)
+                ]
+            finally:
+                running.stop()
+                running.kill_leftovers()
+        results[label] = statistics.median(times)
+        print(f"spawn-to-ready {label:10s}: median {results[label]:.2f} s over {users} users")
+    print(f"spawn-to-ready ratio clusterhub/plain: {results['clusterhub'] / results['plain']:.2f}")
+
+
+CLUSTER_CODE = """
+import sys, time
+from dask_gateway import Gateway
+from dask_gateway.auth import BasicAuth, JupyterHubAuth
+address, proxy, kind, secret, repeat = sys.argv[1:6]
+auth = JupyterHubAuth(api_token=secret) if kind == "hub" else BasicAuth("bench", secret)
+gateway = Gateway(address=address, proxy_address=proxy, auth=auth)
+times = []
+for _ in range(int(repeat)):
+    start = time.perf_counter()
+    cluster = gateway.new_cluster()
+    cluster.scale(2)
+    client = cluster.get_client()
+    client.wait_for_workers(2, timeout=120)
+    times.append(time.perf_counter() - start)
+    client.close()
+    cluster.shutdown()
+print(" ".join(f"{t:.3f}" for t in times))
+"""
+
+BASELINE_GATEWAY_CONFIG = """
+c.DaskGateway.address = "127.0.0.1:{api}"
+c.Proxy.address = "127.0.0.1:{http}"
+c.Proxy.tcp_address = "127.0.0.1:{tcp}"
+c.DaskGateway.backend_class = "dask_gateway_server.backends.local.UnsafeLocalBackend"
+c.DaskGateway.authenticator_class = "dask_gateway_server.auth.SimpleAuthenticator"
+c.SimpleAuthenticator.password = "bench-password"
+c.ClusterConfig.scheduler_cmd = {scheduler!r}
+c.ClusterConfig.worker_cmd = {worker!r}
+c.ClusterConfig.scheduler_memory = "512 M"
+"""
+
+
+def _time_clusters(address: str, proxy: str, kind: str, secret: str, repeat: int) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CLUSTER_CODE, address, proxy, kind, secret, str(repeat)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr)
+    return [float(t) for t in out.stdout.split()]
+
+
+def bench_cluster(repeat: int) -> None:
+    from clusterhub.gateway.config import dask_command
+
+    with tempfile.TemporaryDirectory() as root:
+        api, http, tcp = free_port(), free_port(), free_port()
+        config = os.path.join(root, "gateway_config.py")
+        with open(config, "w") as f:
+            f.write(
+                BASELINE_GATEWAY_CONFIG.format(
+                    api=api,
+                    http=http,
+                    tcp=tcp,
+                    scheduler=dask_command("scheduler"),
+                    worker=dask_command("worker"),
+                )
+            )
+        server = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "dask-gateway-server"), "-f", config],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            from clusterhub.ports import wait_for_port
+
+            wait_for_port("127.0.0.1", http, 60)
+            baseline = _time_clusters(
+                f"http://127.0.0.1:{http}",
+                f"gateway://127.0.0.1:{tcp}",
+                "basic",
+                "bench-password",
+                repeat,
+            )
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    with tempfile.TemporaryDirectory() as root:
+        running = platform(root, plain=False)
+        try:
+            admin_spawn_and_wait(running, "bench", {"profile": "dask"})
+            token = running.admin_api(
+                "POST",
+                "/users/bench/tokens",
+                json={"scopes": ["access:services!service=dask-gateway"], "expires_in": 3600},
+            ).json()["token"]
+            from clusterhub.settings import PlatformSettings
+
+            settings = PlatformSettings.load(os.path.join(running.data_dir, "run", "settings.json"))
+            ours = _time_clusters(
+                settings.gateway_url, settings.gateway_proxy_address, "hub", token, repeat
+            )
+        finally:
+            running.stop()
+            running.kill_leftovers()
+    b, o = statistics.median(baseline), statistics.median(ours)
+    print(f"cluster ready (new_cluster + 2 workers) dask-gateway local backend: median {b:.2f} s")
+    print(f"cluster ready (new_cluster + 2 workers) clusterhub:                 median {o:.2f} s")
+    print(f"cluster ready ratio clusterhub/baseline: {o / b:.2f}")
+
+
+def _surge(running: RunningPlatform, users: int, plain: bool) -> tuple[float, int]:
+    def one(i: int) -> bool:
+        user = BrowserUser(running, f"attendee{i}")
+        try:
+            response = user.login()
+            if response.status_code != 200:
+                return False
+            if not plain:
+                if user.spawn(profile="dask").status_code != 302:
+                    return False
+            user.wait_ready(timeout=600)
+            return True
+        except Exception as exc:  # a failure is counted, not fatal to the benchmark
+            print(f"  attendee{i} failed: {exc}")
+            return False
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=users) as pool:
+        ok = sum(pool.map(one, range(users)))
+    return time.perf_counter() - start, users - ok
+
+
+def bench_surge(users: int) -> None:
+    rates = {}
+    for label, plain in (("plain", True), ("clusterhub", False)):
+        with tempfile.TemporaryDirectory() as root:
+            running = platform(root, plain)
+            try:
+                seconds, failures = _surge(running, users, plain)
+            finally:
+                running.stop(timeout=300)
+                running.kill_leftovers()
+        rates[label] = (users - failures) / seconds * 60
+        print(
+            f"surge {label:10s}: {users} users in {seconds:.1f} s, {failures} failed, "
+            f"{rates[label]:.1f} users ready per minute"
+        )
+    print(
+        f"surge ratio clusterhub/plain (users ready per minute): "
+        f"{rates['clusterhub'] / rates['plain']:.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or ""))
+    parser.add_argument("which", choices=["spawn", "cluster", "surge", "all"])
+    parser.add_argument("--users", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    if args.which in ("spawn", "all"):
+        bench_spawn(args.users or 5)
+    if args.which in ("cluster", "all"):
+        bench_cluster(args.repeat)
+    if args.which in ("surge", "all"):
+        bench_surge(args.users or 20)
+
+
+if __name__ == "__main__":
+    main()

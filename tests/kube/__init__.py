@@ -1,0 +1,47 @@
+"""Test harness: an in-memory Kubernetes API emulator and a process-kubelet.
+
+No real API server can run on the build machine, so tests that exercise Kubernetes code talk
+to :class:`~tests.kube.emulator.KubeEmulator` (plain HTTP, bearer token, JSON) while
+:class:`~tests.kube.kubelet.ProcessKubelet` runs every scheduled pod's containers as real
+local processes. Read the docstring of ``emulator.py`` for what is and is not emulated.
+
+Use from a test module or the root conftest (pytest refuses ``pytest_plugins`` in other
+conftests)::
+
+    pytest_plugins = ["tests.kube.fixtures"]
+
+and import helpers such as :func:`kube_options` from ``tests.kube``, not from
+``tests.kube.fixtures``: a plugin imported by the test module before pytest loads it loses
+assertion rewriting (and pytest warns).
+
+``tests`` has no ``__init__.py`` on purpose (pytest's rootdir-relative imports); ``tests.kube``
+is importable as a namespace package as long as the repository root is on ``sys.path``
+(``python -m pytest`` from the root and the editable install both put it there). A module
+that may run from elsewhere can prepend the root to ``sys.path`` before importing it, as
+``tests/test_kube_emulator.py`` does.
+"""
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .emulator import ApiError, KubeEmulator
+from .kubelet import ProcessKubelet
+
+__all__ = ["ApiError", "KubeEmulator", "ProcessKubelet", "kube_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kube_options(**options: Any) -> Callable[[F], F]:
+    """Options for the ``kube_api`` fixture of one test.
+
+    ``uts``, ``image_entrypoints``, ``base_env``, ``node_name`` go to the kubelet;
+    ``kubelet=False`` runs the API server alone. A decorator rather than a marker so that no
+    conftest has to register a marker name.
+    """
+
+    def decorate(fn: F) -> F:
+        fn.kube_api_options = options  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
