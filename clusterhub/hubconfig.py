@@ -1,8 +1,16 @@
 """The hub's configuration, as a function of the platform settings.
 
-``clusterhub up`` and the Helm chart both load ``jupyterhub_config.py`` beside
-this module, which calls :func:`configure_hub`; what differs between them is
-only the settings file (and, on Kubernetes, the spawner class).
+``clusterhub up`` and the Helm chart both load ``jupyterhub_config.py`` beside this
+module, which calls :func:`configure_hub`. What differs is the settings file: in "local"
+mode the hub starts the proxy and the gateway itself and spawns local processes; in
+"kubernetes" mode the proxy and the gateway are their own pods and each user gets a
+namespace. The ``kubernetes`` settings (written by the chart from its values):
+
+``hub_namespace``, ``hub_name``, ``namespace_prefix``, ``notebook_image``,
+``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
+``network_policy``, ``delete_namespace_on_stop``, ``keep_home_pvc``, ``home_storage``
+(``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
+``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``.
 """
 
 from __future__ import annotations
@@ -11,10 +19,15 @@ import os
 import sys
 
 from . import gateway
+from .procs import PLATFORM_MARKER
 from .settings import GATEWAY_SERVICE, SETTINGS_ENV, PlatformSettings
 
 # A server token must reach the gateway: without this scope `Gateway()` in a kernel gets 401.
 GATEWAY_ACCESS_SCOPE = f"access:services!service={GATEWAY_SERVICE}"
+# The gateway service's token, shared by the hub and the gateway pod (Kubernetes mode).
+GATEWAY_TOKEN_ENV = "CLUSTERHUB_GATEWAY_API_TOKEN"
+# Seconds between the idle culler's checks (the chart's culler.every).
+CULL_EVERY_ENV = "CLUSTERHUB_CULL_EVERY"
 
 
 def _bin(name: str) -> str:
@@ -24,82 +37,146 @@ def _bin(name: str) -> str:
 
 def configure_hub(c, settings: PlatformSettings) -> None:
     """Fill JupyterHub's traitlets config ``c`` from ``settings``."""
-    hub_dir = settings.path("hub")
+    _configure_common(c, settings)
+    if settings.mode == "kubernetes":
+        _configure_kubernetes(c, settings)
+    else:
+        _configure_local(c, settings)
 
-    # -- network: only the proxy's public port leaves loopback --------------------------------
+
+def _configure_common(c, settings: PlatformSettings) -> None:
+    hub_dir = settings.path("hub")
     c.JupyterHub.bind_url = f"http://{settings.ip}:{settings.port}/"
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings.hub_port}"
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
-    c.ConfigurableHTTPProxy.command = list(settings.proxy_command)
-    c.ConfigurableHTTPProxy.pid_file = os.path.join(hub_dir, "proxy.pid")
-    c.ConfigurableHTTPProxy.should_start = True
 
-    # -- state that must survive a restart ----------------------------------------------------
+    # State that must survive a restart.
     c.JupyterHub.db_url = "sqlite:///" + os.path.join(hub_dir, "jupyterhub.sqlite")
     c.JupyterHub.cookie_secret_file = os.path.join(hub_dir, "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = os.path.join(hub_dir, "jupyterhub.pid")
-    c.JupyterHub.cleanup_servers = True
     c.JupyterHub.cleanup_proxy = True
 
-    # -- login: any name plus the workshop code; admins with the admin password ---------------
+    # Login: any name plus the workshop code; admins with the admin password.
     c.JupyterHub.authenticator_class = "shared-password"
     c.SharedPasswordAuthenticator.user_password = settings.workshop_code
     c.SharedPasswordAuthenticator.admin_password = settings.admin_password
     c.Authenticator.admin_users = set(settings.admin_users)
     c.Authenticator.allow_all = True
 
-    # -- spawning -----------------------------------------------------------------------------
-    c.JupyterHub.spawner_class = "clusterhub.spawner.local.LocalSpaceSpawner"
     c.JupyterHub.concurrent_spawn_limit = settings.concurrent_spawn_limit
-    c.LocalSpaceSpawner.data_dir = settings.data_dir
-    c.LocalSpaceSpawner.gateway_url = settings.gateway_url
-    c.LocalSpaceSpawner.gateway_proxy_address = settings.gateway_proxy_address
-    c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
     c.Spawner.default_url = "/lab"
-    c.Spawner.start_timeout = 120
-    c.Spawner.http_timeout = 90
+    c.Spawner.start_timeout = 300
+    c.Spawner.http_timeout = 120
     c.Spawner.server_token_scopes = [
         "access:servers!server",
         "users:activity!user",
         GATEWAY_ACCESS_SCOPE,
     ]
 
-    # -- services: the Dask Gateway and the idle culler ---------------------------------------
-    service_env = {
-        SETTINGS_ENV: os.environ.get(SETTINGS_ENV, settings.path("run", "settings.json")),
-        "PATH": os.environ.get("PATH", ""),
-    }
-    gateway_config = os.path.join(os.path.dirname(gateway.__file__), "dask_gateway_config.py")
-    c.JupyterHub.services = [
-        {
-            "name": GATEWAY_SERVICE,
-            "url": f"http://127.0.0.1:{settings.gateway_http_port}",
-            "command": [_bin("dask-gateway-server"), "-f", gateway_config],
-            "cwd": settings.path("gateway"),
-            "environment": service_env,
-            "display": False,
-        },
+    c.JupyterHub.load_roles = [
+        {"name": "user", "scopes": ["self", GATEWAY_ACCESS_SCOPE]},
         {
             "name": "idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        },
+    ]
+    c.JupyterHub.services = [
+        {
+            "name": "idle-culler",
+            # JupyterHub gives services a clean environment: keep the platform's marker so
+            # that `clusterhub up` can find them even if the hub dies.
+            "environment": {PLATFORM_MARKER: os.path.abspath(settings.data_dir)},
             "command": [
                 sys.executable,
                 "-m",
                 "jupyterhub_idle_culler",
                 f"--timeout={settings.cull_idle_timeout}",
-                "--cull-every=60",
+                f"--cull-every={os.environ.get(CULL_EVERY_ENV, '60')}",
             ],
         },
     ]
-    c.JupyterHub.load_roles = [
-        {"name": "user", "scopes": ["self", GATEWAY_ACCESS_SCOPE]},
+
+
+def _configure_local(c, settings: PlatformSettings) -> None:
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = list(settings.proxy_command)
+    c.ConfigurableHTTPProxy.pid_file = settings.path("hub", "proxy.pid")
+    c.ConfigurableHTTPProxy.should_start = True
+    # Stopping the platform stops every user's server (and so their clusters and engines).
+    c.JupyterHub.cleanup_servers = True
+
+    c.JupyterHub.spawner_class = "clusterhub.spawner.local.LocalSpaceSpawner"
+    c.LocalSpaceSpawner.data_dir = settings.data_dir
+    c.LocalSpaceSpawner.gateway_url = settings.gateway_url
+    c.LocalSpaceSpawner.gateway_proxy_address = settings.gateway_proxy_address
+    c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
+
+    gateway_config = os.path.join(os.path.dirname(gateway.__file__), "dask_gateway_config.py")
+    c.JupyterHub.services.append(
         {
-            "name": "idle-culler",
-            "scopes": [
-                "list:users",
-                "read:users:activity",
-                "read:servers",
-                "delete:servers",
-            ],
-            "services": ["idle-culler"],
-        },
-    ]
+            "name": GATEWAY_SERVICE,
+            "url": f"http://127.0.0.1:{settings.gateway_http_port}",
+            "command": [_bin("dask-gateway-server"), "-f", gateway_config],
+            "cwd": settings.path("gateway"),
+            "environment": {
+                SETTINGS_ENV: os.environ.get(SETTINGS_ENV, settings.path("run", "settings.json")),
+                "PATH": os.environ.get("PATH", ""),
+                PLATFORM_MARKER: os.path.abspath(settings.data_dir),
+            },
+            "display": False,
+        }
+    )
+
+
+def _configure_kubernetes(c, settings: PlatformSettings) -> None:
+    kube = settings.kubernetes
+    if kube.get("proxy_api_url"):
+        # The proxy is its own pod; the hub reads CONFIGPROXY_AUTH_TOKEN from its env.
+        c.ConfigurableHTTPProxy.api_url = kube["proxy_api_url"]
+        c.ConfigurableHTTPProxy.should_start = False
+    else:
+        c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+        c.ConfigurableHTTPProxy.command = list(settings.proxy_command)
+        c.ConfigurableHTTPProxy.should_start = True
+    if kube.get("hub_bind_url"):
+        c.JupyterHub.hub_bind_url = kube["hub_bind_url"]
+    if kube.get("hub_connect_url"):
+        c.JupyterHub.hub_connect_url = kube["hub_connect_url"]
+    # User namespaces outlive a hub restart; the hub reattaches to them from its database.
+    c.JupyterHub.cleanup_servers = False
+
+    c.JupyterHub.spawner_class = "clusterhub.spawner.kube.KubeSpaceSpawner"
+    spawner = c.KubeSpaceSpawner
+    spawner.hub_namespace = kube["hub_namespace"]
+    spawner.hub_name = kube.get("hub_name", "clusterhub")
+    spawner.namespace_prefix = kube.get("namespace_prefix", "clusterhub-")
+    spawner.image = kube["notebook_image"]
+    spawner.cluster_image = kube["cluster_image"]
+    spawner.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
+    if kube.get("image_pull_secrets"):
+        spawner.image_pull_secrets = list(kube["image_pull_secrets"])
+    if kube.get("profiles"):
+        spawner.profiles = kube["profiles"]
+    spawner.network_allow = dict(kube.get("network_policy", {}))
+    spawner.delete_namespace_on_stop = kube.get("delete_namespace_on_stop", True)
+    spawner.keep_home_pvc = kube.get("keep_home_pvc", True)
+    storage = kube.get("home_storage") or {}
+    if storage.get("size"):
+        spawner.storage_pvc_ensure = True
+        spawner.storage_capacity = storage["size"]
+        if storage.get("storage_class"):
+            spawner.storage_class = storage["storage_class"]
+        spawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
+        spawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
+    spawner.gateway_url = kube.get("gateway_url", "")
+    spawner.gateway_proxy_address = kube.get("gateway_proxy_address", "")
+
+    if kube.get("gateway_url"):
+        service = {
+            "name": GATEWAY_SERVICE,
+            "url": kube["gateway_url"].split("/services/")[0],
+            "display": False,
+        }
+        if os.environ.get(GATEWAY_TOKEN_ENV):
+            service["api_token"] = os.environ[GATEWAY_TOKEN_ENV]
+        c.JupyterHub.services.append(service)

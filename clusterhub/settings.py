@@ -20,6 +20,13 @@ GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 @dataclass
 class PlatformSettings:
+    """Everything the hub and the gateway need to know about their platform.
+
+    ``mode`` is "local" (``clusterhub up``: every user a set of local processes) or
+    "kubernetes" (the Helm chart: every user a namespace); ``kubernetes`` holds that mode's
+    settings (see :mod:`clusterhub.hubconfig`).
+    """
+
     data_dir: str
     workshop_code: str
     admin_password: str
@@ -36,6 +43,8 @@ class PlatformSettings:
     extra_config_file: str = ""
     cull_idle_timeout: int = 3600
     concurrent_spawn_limit: int = 50
+    mode: str = "local"
+    kubernetes: dict = field(default_factory=dict)
 
     # -- derived paths ------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -75,4 +84,7 @@ class PlatformSettings:
         with open(path) as f:
             data = json.load(f)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        settings = cls(**{k: v for k, v in data.items() if k in known})
+        if settings.mode not in ("local", "kubernetes"):
+            raise ValueError(f"mode: must be 'local' or 'kubernetes', not {settings.mode!r}")
+        return settings

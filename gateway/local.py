@@ -57,6 +57,12 @@ class LocalSpaceBackend(UnsafeLocalBackend):
                 f.write(data)
         return workdir
 
+    def get_worker_command(self, cluster, worker_name, scheduler_address=None) -> list[str]:
+        # dask-gateway gives workers no --host, so they would listen on every interface; on
+        # one machine only loopback is needed (and only the proxy's port may be public).
+        command = super().get_worker_command(cluster, worker_name, scheduler_address)
+        return [*command, "--host", self.default_host]
+
     def get_env(self, cluster) -> dict:
         env = super().get_env(cluster)
         space = self.space(cluster.username)

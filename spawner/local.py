@@ -18,38 +18,20 @@ import asyncio
 import os
 import sys
 
-from clusterhub.gateway.client import stop_user_clusters
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from tornado import web
-from traitlets import Float, List, Unicode, default, validate
+from traitlets import Float, Unicode, default
 
 from clusterhub import profiles as profile_rules
 from clusterhub.content import sync_content, workshop_source
 from clusterhub.engines import Engine, EngineError, local_engine
+from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.settings import GATEWAY_PREFIX
 from clusterhub.space import LocalSpace
 
+from .options import ProfileOptionsSpawner
 
-class LocalSpaceSpawner(SimpleLocalProcessSpawner):
-    profiles = List(
-        config=True,
-        help="""The profiles users choose from on the spawn form.
 
-        Each is a dict: ``slug``, ``display_name``, ``description``, ``default``,
-        ``engines`` (a list drawn from "spark", "ipyparallel"; Dask is always there),
-        and for ``workers``, ``worker_cores`` and ``worker_memory_gib`` a dict
-        ``{"default": N, "max": M}``. Users can never exceed a profile's maxima.
-        """,
-    )
-
-    @default("profiles")
-    def _default_profiles(self):
-        return profile_rules.validate_profiles(profile_rules.DEFAULT_PROFILES)
-
-    @validate("profiles")
-    def _validate_profiles(self, proposal):
-        return profile_rules.validate_profiles(proposal.value)
-
+class LocalSpaceSpawner(ProfileOptionsSpawner, SimpleLocalProcessSpawner):
     data_dir = Unicode(
         config=True,
         help="The platform's data dir. Homes are in <data_dir>/homes, spaces in <data_dir>/spaces.",
@@ -83,36 +65,15 @@ class LocalSpaceSpawner(SimpleLocalProcessSpawner):
     def _default_home_dir(self):
         return self.space.home
 
-    @default("options_form")
-    def _default_options_form(self):
-        return profile_rules.render_form(self.profiles)
-
     @property
     def space(self) -> LocalSpace:
         if not self.data_dir:
             raise RuntimeError("LocalSpaceSpawner.data_dir is not configured")
         return LocalSpace(self.data_dir, self.user.name)
 
-    # -- options ------------------------------------------------------------------------------
-    def options_from_form(self, formdata):
-        try:
-            return profile_rules.options_from_form(self.profiles, formdata).to_dict()
-        except profile_rules.OptionError as exc:
-            error = web.HTTPError(400, str(exc))
-            error.jupyterhub_message = str(exc)  # shown above the re-rendered form
-            raise error from None
-
-    def space_options(self) -> profile_rules.SpaceOptions:
-        """The validated options of this spawn; API spawns are checked like form spawns."""
-        try:
-            return profile_rules.validate_options(self.profiles, self.user_options or {})
-        except profile_rules.OptionError as exc:
-            error = web.HTTPError(400, str(exc))
-            error.jupyterhub_message = str(exc)
-            raise error from None
-
+    # -- engines ----------------------------------------------------------------------------
     def engines(self, options: profile_rules.SpaceOptions) -> list[Engine]:
-        profile = profile_rules.find_profile(self.profiles, options.profile)
+        profile = self.space_profile(options)
         return [
             local_engine(
                 kind,
@@ -150,7 +111,6 @@ class LocalSpaceSpawner(SimpleLocalProcessSpawner):
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self):
         options = self.space_options()
-        profile = profile_rules.find_profile(self.profiles, options.profile)
         space = self.space
         space.create()
         if self.workshop_content:
@@ -170,7 +130,7 @@ class LocalSpaceSpawner(SimpleLocalProcessSpawner):
         space.write_state(
             active=True,
             options=options.to_dict(),
-            limits={field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS},
+            limits=self.profile_limits(options),
             engines={engine.kind: "starting" for engine in engines},
         )
         address = await super().start()

@@ -8,6 +8,7 @@ import re
 
 import kubernetes_validate
 import pytest
+
 from clusterhub.spawner import kubeobjects as ko
 
 K8S_VERSION = "1.34.0"

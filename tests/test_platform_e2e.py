@@ -58,6 +58,16 @@ def started_user(platform, name, **options) -> BrowserUser:
     return user
 
 
+def test_every_process_of_the_platform_carries_its_marker(platform):
+    """What `clusterhub up` sweeps on the way out is found by this marker, even if the hub
+    itself died: the proxy and the hub's managed services must carry it too."""
+    commands = " ".join(
+        " ".join(p.cmdline()) for p in marked_processes("CLUSTERHUB_PLATFORM", platform.data_dir)
+    )
+    for part in ("jupyterhub", "configurable-http-proxy", "dask-gateway-server", "idle_culler"):
+        assert part in commands, part
+
+
 def test_wrong_workshop_code_is_refused(platform):
     intruder = BrowserUser(platform, "mallory", password="not-the-code")
     response = intruder.login()
@@ -172,7 +182,7 @@ def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform, bob,
             "from pyspark.sql import SparkSession\n"
             "spark = SparkSession.builder.appName('e2e').getOrCreate()\n"
             "sc = spark.sparkContext\n"
-            "deadline = time.time() + 120\n"
+            "deadline = time.time() + 240\n"
             "while sc._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.time() < deadline:\n"
             "    time.sleep(0.5)\n"
             "total = sc.parallelize(range(1000), 8).map(lambda x: x * x).sum()\n"

@@ -1,0 +1,303 @@
+"""The Kubernetes spawner: each user's space is a namespace, created on start, deleted on stop.
+
+KubeSpawner (which this extends) can put each user's pod in a namespace of its own but
+never deletes the namespace and adds no quota, roles or network policy (kubespawner
+#749, #456). Here the namespace *is* the space: ResourceQuota and LimitRange from the
+user's profile, deny-by-default NetworkPolicies, a ServiceAccount whose Role reaches only
+that namespace, the notebook pod (KubeSpawner's own machinery) and the profile's engines
+as Deployments. Stopping deletes the namespace, so nothing of the user outlives their
+server, including Dask clusters the gateway put there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from urllib.parse import urlsplit
+
+from kubernetes_asyncio.client import (
+    AppsV1Api,
+    CoreV1Api,
+    NetworkingV1Api,
+    RbacAuthorizationV1Api,
+)
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from traitlets import Bool, Dict, Float, Unicode, default
+
+import clusterhub
+
+from . import kubeobjects as k
+from .kubespace import NOTEBOOK_SERVICE_ACCOUNT, make_space_objects, space_engines
+from .options import ProfileOptionsSpawner
+
+# Which typed API and method suffix handles each kind we create.
+_KIND_API = {
+    "ResourceQuota": (CoreV1Api, "resource_quota"),
+    "LimitRange": (CoreV1Api, "limit_range"),
+    "ServiceAccount": (CoreV1Api, "service_account"),
+    "Service": (CoreV1Api, "service"),
+    "Secret": (CoreV1Api, "secret"),
+    "NetworkPolicy": (NetworkingV1Api, "network_policy"),
+    "Role": (RbacAuthorizationV1Api, "role"),
+    "RoleBinding": (RbacAuthorizationV1Api, "role_binding"),
+    "Deployment": (AppsV1Api, "deployment"),
+}
+# Kinds whose existing object is replaced by the current profile's on a new start; the rest
+# (a Service's cluster IP, a Deployment someone scaled, a Secret engines already use) stay.
+_REPLACED_ON_START = {"ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding"}
+
+
+class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
+    hub_name = Unicode(
+        "clusterhub",
+        config=True,
+        help="This hub's name: labels every space, so several hubs can share a cluster.",
+    )
+
+    hub_namespace = Unicode(
+        config=True,
+        help="""The namespace the hub, proxy and gateway run in.
+
+        Network policies of each space admit traffic from there, and no user's space may
+        ever be this namespace.""",
+    )
+
+    namespace_prefix = Unicode(
+        "clusterhub-",
+        config=True,
+        help="""Prefix of every user's namespace. The rest is the user's name made
+        DNS-safe, with a hash of the raw name whenever that changed it (so ``a.b`` and
+        ``a-b`` get different namespaces).""",
+    )
+
+    cluster_image = Unicode(
+        config=True,
+        help="The image of engine pods (one image; the mode is its first argument).",
+    )
+
+    network_allow = Dict(
+        config=True,
+        help="""Which allowances the space's NetworkPolicies make, on top of what every
+        space needs. Keys: see ``clusterhub.spawner.kubeobjects.DEFAULT_NETWORK_ALLOW``.""",
+    )
+
+    gateway_url = Unicode(
+        config=True,
+        help="The Dask Gateway's address as seen from notebooks, including its prefix.",
+    )
+
+    gateway_proxy_address = Unicode(
+        config=True,
+        help="The gateway's scheduler proxy (gateway://host:port) as seen from notebooks.",
+    )
+
+    delete_namespace_on_stop = Bool(
+        True,
+        config=True,
+        help="""Delete the user's namespace, and so everything in it, when their server
+        stops. Off: the namespace and its engines stay (they count against the quota).""",
+    )
+
+    keep_home_pvc = Bool(
+        True,
+        config=True,
+        help="""When the home lives on a PVC (``storage_pvc_ensure``), keep the namespace
+        with only that PVC on stop, instead of deleting the namespace and the user's files.""",
+    )
+
+    namespace_delete_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds stop() waits for the user's namespace to be gone.",
+    )
+
+    @default("enable_user_namespaces")
+    def _default_enable_user_namespaces(self):
+        return True
+
+    @default("service_account")
+    def _default_service_account(self):
+        return NOTEBOOK_SERVICE_ACCOUNT
+
+    @default("automount_service_account_token")
+    def _default_automount(self):
+        # The notebook scales its own engines through its namespaced ServiceAccount.
+        return True
+
+    @default("extra_labels")
+    def _default_extra_labels(self):
+        return {k.SPACE_MEMBER_LABEL: "true", k.MANAGED_BY_LABEL: k.MANAGED_BY}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.namespace = self.space_namespace()
+        self.dns_name = self.dns_name_template.format(namespace=self.namespace, name=self.pod_name)
+
+    def space_namespace(self) -> str:
+        reserved = [self.hub_namespace] if self.hub_namespace else []
+        return k.make_namespace_name(self.namespace_prefix, self.user.name, reserved=reserved)
+
+    async def load_user_options(self):
+        # Our profiles replace KubeSpawner's profile_list; API choices are checked like form ones.
+        self.space_options()
+
+    # -- state: everything needed to find the space again after a hub restart -----------------
+    def get_state(self):
+        state = super().get_state()
+        state["clusterhub_version"] = clusterhub.__version__
+        return state
+
+    # -- environment --------------------------------------------------------------------------
+    def get_env(self):
+        env = super().get_env()
+        options = self.space_options()
+        env.update(
+            k.make_notebook_env(
+                self.namespace,
+                engines=space_engines(self.space_profile(options)),
+                gateway_address=self.gateway_url or None,
+                gateway_proxy_address=self.gateway_proxy_address or None,
+            )
+        )
+        if self.gateway_url:
+            env["DASK_GATEWAY__AUTH__TYPE"] = "jupyterhub"
+        return env
+
+    # -- the space ----------------------------------------------------------------------------
+    def gateway_ports(self) -> tuple[int, ...]:
+        """The gateway pod's ports a notebook must reach: its HTTP API and its scheduler proxy."""
+        ports = []
+        for address in (self.gateway_url, self.gateway_proxy_address):
+            port = urlsplit(address).port if address else None
+            if port and port not in ports:
+                ports.append(port)
+        return tuple(ports) or k.GATEWAY_PORTS
+
+    def _api(self, cls):
+        return cls(self.api.api_client)
+
+    async def _request(self, coro):
+        return await asyncio.wait_for(coro, self.k8s_api_request_timeout)
+
+    async def _wait_namespace_gone(self, timeout: float) -> bool:
+        core = self._api(CoreV1Api)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await self._request(core.read_namespace(self.namespace))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return True
+                raise
+            await asyncio.sleep(0.5)
+        return False
+
+    async def _ensure_namespace(self):
+        """Create the namespace; wait out a previous one that is still terminating."""
+        core = self._api(CoreV1Api)
+        body = k.make_namespace(
+            self.namespace,
+            labels=k.space_labels(self.hub_name, self.user.name),
+            annotations=k.space_annotations(self.hub_name, self.user.name),
+        )
+        try:
+            existing = await self._request(core.read_namespace(self.namespace))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            existing = None
+        if existing is not None and existing.status.phase == "Terminating":
+            self.log.info("Waiting for %s's previous namespace to be gone", self.user.name)
+            if not await self._wait_namespace_gone(self.namespace_delete_timeout):
+                raise TimeoutError(
+                    f"namespace {self.namespace} is still terminating after "
+                    f"{self.namespace_delete_timeout:.0f} s; check its finalizers "
+                    f"(kubectl get namespace {self.namespace} -o yaml)"
+                )
+            existing = None
+        if existing is None:
+            try:
+                await self._request(core.create_namespace(body))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        await self._create_space_objects()
+
+    async def _create_space_objects(self) -> None:
+        options = self.space_options()
+        objects = make_space_objects(
+            self.namespace,
+            hub_namespace=self.hub_namespace,
+            profile=self.space_profile(options),
+            options=options,
+            cluster_image=self.cluster_image,
+            image_pull_policy=self.image_pull_policy,
+            network_allow=self.network_allow or None,
+            gateway_ports=self.gateway_ports(),
+            ipyparallel_key=secrets.token_hex(32),
+        )
+        for obj in objects:
+            await self._create_or_keep(obj)
+
+    async def _create_or_keep(self, obj: dict) -> None:
+        cls, suffix = _KIND_API[obj["kind"]]
+        api = self._api(cls)
+        name = obj["metadata"]["name"]
+        try:
+            await self._request(getattr(api, f"create_namespaced_{suffix}")(self.namespace, obj))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            if obj["kind"] in _REPLACED_ON_START:
+                await self._request(
+                    getattr(api, f"replace_namespaced_{suffix}")(name, self.namespace, obj)
+                )
+
+    async def stop(self, now=False):
+        await super().stop(now=now)
+        if not self.delete_namespace_on_stop:
+            return
+        if self.keep_home_pvc and self.storage_pvc_ensure:
+            await self._delete_all_but_home()
+            return
+        core = self._api(CoreV1Api)
+        try:
+            await self._request(core.delete_namespace(self.namespace))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        except ValueError:
+            # kubernetes_asyncio parses the returned Namespace as a Status and may fail on
+            # it; the deletion itself was accepted.
+            pass
+        if not await self._wait_namespace_gone(self.namespace_delete_timeout):
+            self.log.error(
+                "Namespace %s of %s is still terminating after %.0f s; check its finalizers "
+                "(kubectl get namespace %s -o yaml)",
+                self.namespace,
+                self.user.name,
+                self.namespace_delete_timeout,
+                self.namespace,
+            )
+
+    async def _delete_all_but_home(self) -> None:
+        """Delete every workload and setting of the space, keeping the namespace and its PVC."""
+        label = f"{k.MANAGED_BY_LABEL}={k.MANAGED_BY}"
+        for kind, (cls, suffix) in _KIND_API.items():
+            api = self._api(cls)
+            listed = await self._request(
+                getattr(api, f"list_namespaced_{suffix}")(self.namespace, label_selector=label)
+            )
+            for item in listed.items:
+                try:
+                    await self._request(
+                        getattr(api, f"delete_namespaced_{suffix}")(
+                            item.metadata.name, self.namespace
+                        )
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            self.log.debug("Deleted %ss of %s", kind, self.namespace)

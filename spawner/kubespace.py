@@ -1,0 +1,121 @@
+"""A user's whole space on Kubernetes, as data: from a profile and choices to object dicts.
+
+Pure, like :mod:`clusterhub.spawner.kubeobjects` whose builders it composes: the spawner
+creates what this returns, the tests compare it with literal expectations and validate it
+against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from clusterhub.profiles import SpaceOptions
+
+from . import kubeobjects as k
+
+NOTEBOOK_SERVICE_ACCOUNT = "notebook"
+NOTEBOOK_ROLE = "notebook"
+
+# What one notebook server may use, counted into the space's quota on top of the engines.
+NOTEBOOK_CORES = 1
+NOTEBOOK_MEMORY_GIB = 2
+# A coordinator (Spark master, IPyParallel controller, Dask scheduler).
+COORDINATOR_CORES = 1
+COORDINATOR_MEMORY_GIB = 1
+
+
+def space_engines(profile: Mapping[str, Any]) -> list[str]:
+    """The engines of a space: Dask always, then the profile's."""
+    return ["dask", *profile["engines"]]
+
+
+def quota_for(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """The ceiling of a space: the notebook plus every engine at the profile's maxima."""
+    engines = space_engines(profile)
+    workers = profile["workers"]["max"]
+    cores = profile["worker_cores"]["max"]
+    memory = profile["worker_memory_gib"]["max"]
+    return {
+        "cpu_limit": str(NOTEBOOK_CORES + len(engines) * (COORDINATOR_CORES + workers * cores)),
+        "memory_limit": (
+            f"{NOTEBOOK_MEMORY_GIB + len(engines) * (COORDINATOR_MEMORY_GIB + workers * memory)}Gi"
+        ),
+        "max_pods": 1 + len(engines) * (1 + workers),
+    }
+
+
+def worker_resources(options: SpaceOptions) -> dict[str, dict[str, str]]:
+    size = {"cpu": str(options.worker_cores), "memory": f"{options.worker_memory_gib}Gi"}
+    return {"requests": dict(size), "limits": dict(size)}
+
+
+COORDINATOR_RESOURCES = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": str(COORDINATOR_CORES), "memory": f"{COORDINATOR_MEMORY_GIB}Gi"},
+}
+
+
+def make_space_objects(
+    namespace: str,
+    *,
+    hub_namespace: str,
+    profile: Mapping[str, Any],
+    options: SpaceOptions,
+    cluster_image: str,
+    image_pull_policy: str = "IfNotPresent",
+    network_allow: Mapping[str, bool] | None = None,
+    gateway_ports: Sequence[int] = k.GATEWAY_PORTS,
+    ipyparallel_key: str = "",
+) -> list[dict[str, Any]]:
+    """Every object of a space but the namespace and the notebook pod, in creation order.
+
+    ``ipyparallel_key`` signs IPyParallel messages; the caller passes a fresh secret (this
+    module stays deterministic).
+    """
+    quota = quota_for(profile)
+    objects: list[dict[str, Any]] = [
+        k.make_resource_quota(namespace, **quota),
+        k.make_limit_range(
+            namespace,
+            default_cpu_request="250m",
+            default_memory_request="512Mi",
+            default_cpu_limit="1",
+            default_memory_limit="1Gi",
+            max_cpu=str(max(profile["worker_cores"]["max"], NOTEBOOK_CORES)),
+            max_memory=f"{max(profile['worker_memory_gib']['max'], NOTEBOOK_MEMORY_GIB)}Gi",
+        ),
+        *k.make_network_policies(
+            namespace,
+            hub_namespace=hub_namespace,
+            allow=network_allow,
+            gateway_ports=gateway_ports,
+        ),
+        k.make_service_account(namespace, NOTEBOOK_SERVICE_ACCOUNT),
+        k.make_role(namespace, NOTEBOOK_ROLE),
+        k.make_role_binding(namespace, NOTEBOOK_ROLE, NOTEBOOK_SERVICE_ACCOUNT),
+    ]
+    for engine in profile["engines"]:
+        if engine == "ipyparallel":
+            if not ipyparallel_key:
+                raise ValueError("ipyparallel_key: a secret key is needed for IPyParallel")
+            files = k.make_ipyparallel_connection_files(namespace, key=ipyparallel_key)
+            objects.append(k.make_ipyparallel_secret(namespace, connection_files=files))
+        objects.append(k.make_engine_service(namespace, engine=engine))
+        leader, follower = k.ENGINE_ROLES[engine]
+        for role, replicas, resources in (
+            (leader, 1, COORDINATOR_RESOURCES),
+            (follower, options.workers, worker_resources(options)),
+        ):
+            objects.append(
+                k.make_engine_deployment(
+                    namespace,
+                    engine=engine,
+                    role=role,
+                    image=cluster_image,
+                    replicas=replicas,
+                    resources=resources,
+                    image_pull_policy=image_pull_policy,
+                )
+            )
+    return objects

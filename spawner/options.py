@@ -1,0 +1,65 @@
+"""What the local and the Kubernetes spawner share: profiles, the spawn form and its checks.
+
+Both spawners list :class:`ProfileOptionsSpawner` before their JupyterHub base class, so a
+profile means the same thing, and a bad choice gets the same message, whichever runs. It is
+a traitlets mixin, not a Spawner: JupyterHub refuses Spawner subclasses without start/stop.
+"""
+
+from __future__ import annotations
+
+from tornado import web
+from traitlets import HasTraits, List, default, validate
+
+from clusterhub import profiles as profile_rules
+
+
+def _user_error(exc: profile_rules.OptionError) -> web.HTTPError:
+    error = web.HTTPError(400, str(exc))
+    error.jupyterhub_message = str(exc)  # JupyterHub shows it above the re-rendered form
+    return error
+
+
+class ProfileOptionsSpawner(HasTraits):
+    profiles = List(
+        config=True,
+        help="""The profiles users choose from on the spawn form.
+
+        Each is a dict: ``slug``, ``display_name``, ``description``, ``default``,
+        ``engines`` (a list drawn from "spark", "ipyparallel"; Dask is always there),
+        and for ``workers``, ``worker_cores`` and ``worker_memory_gib`` a dict
+        ``{"default": N, "max": M}``. Users can never exceed a profile's maxima, nor
+        choose anything (an image, a command) a profile does not offer.
+        """,
+    )
+
+    @default("profiles")
+    def _default_profiles(self):
+        return profile_rules.validate_profiles(profile_rules.DEFAULT_PROFILES)
+
+    @validate("profiles")
+    def _validate_profiles(self, proposal):
+        return profile_rules.validate_profiles(proposal.value)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return profile_rules.render_form(self.profiles)
+
+    def options_from_form(self, formdata):
+        try:
+            return profile_rules.options_from_form(self.profiles, formdata).to_dict()
+        except profile_rules.OptionError as exc:
+            raise _user_error(exc) from None
+
+    def space_options(self) -> profile_rules.SpaceOptions:
+        """The validated options of this spawn; API spawns are checked like form spawns."""
+        try:
+            return profile_rules.validate_options(self.profiles, self.user_options or {})
+        except profile_rules.OptionError as exc:
+            raise _user_error(exc) from None
+
+    def space_profile(self, options: profile_rules.SpaceOptions) -> dict:
+        return profile_rules.find_profile(self.profiles, options.profile)
+
+    def profile_limits(self, options: profile_rules.SpaceOptions) -> dict[str, int]:
+        profile = self.space_profile(options)
+        return {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}

@@ -1,0 +1,1038 @@
+"""The Helm chart in helm/clusterhub: lint, render, validate, and refuse bad values.
+
+Offline: ``helm template`` renders the chart (``lookup`` is empty there, so generated
+secrets are fresh on every render) and every object is checked against the Kubernetes
+1.34 schemas in strict mode. The settings Secret is the contract with the hub's Python
+side (clusterhub/settings.py), so its JSON is checked key by key.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import datetime
+import importlib.util
+import ipaddress
+import json
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from helmtools import find_helm
+
+from clusterhub.profiles import DEFAULT_PROFILES, validate_profiles
+from clusterhub.settings import PlatformSettings
+from clusterhub.spawner import kubeobjects as ko
+
+K8S_VERSION = "1.34.0"
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "clusterhub"
+EXAMPLES = ROOT / "helm" / "examples"
+NAMESPACE = "clusterhub"
+RELEASE = "ch"
+CODE = "tea-biscuit-42"
+
+SETTINGS_KEYS = {
+    "mode",
+    "data_dir",
+    "workshop_code",
+    "admin_password",
+    "gateway_encrypt_key",
+    "ip",
+    "port",
+    "hub_port",
+    "proxy_api_port",
+    "gateway_api_port",
+    "gateway_http_port",
+    "gateway_tcp_port",
+    "admin_users",
+    "proxy_command",
+    "extra_config_file",
+    "cull_idle_timeout",
+    "concurrent_spawn_limit",
+    "kubernetes",
+}
+KUBERNETES_KEYS = {
+    "hub_namespace",
+    "hub_name",
+    "namespace_prefix",
+    "notebook_image",
+    "cluster_image",
+    "image_pull_policy",
+    "image_pull_secrets",
+    "profiles",
+    "network_policy",
+    "delete_namespace_on_stop",
+    "keep_home_pvc",
+    "home_storage",
+    "proxy_api_url",
+    "hub_bind_url",
+    "hub_connect_url",
+    "gateway_url",
+    "gateway_proxy_address",
+}
+CASES = ["default", "workshop-150", "enterprise", "engines"]
+
+
+# ------------------------------------------------------------------------------------------
+# helm
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory):
+    """Run helm with its cache/config/data homes in a temp dir; returns CompletedProcess."""
+    binary = find_helm()
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "KUBECONFIG": str(home / "no-kubeconfig"),
+    }
+
+    def run(*args: str, kubeconfig: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [binary, *args],
+            env={**env, "KUBECONFIG": kubeconfig} if kubeconfig else env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def values_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("values")
+
+
+def _values_file(directory: Path, name: str, values: dict[str, Any]) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _case_args(case: str) -> list[str]:
+    args = ["--set-string", f"hub.workshopCode={CODE}"]
+    if case != "default":
+        args = ["--values", str(EXAMPLES / f"{case}.yaml"), *args]
+    return args
+
+
+def _template(helm, *args: str) -> subprocess.CompletedProcess:
+    return helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args)
+
+
+@pytest.fixture(scope="session")
+def rendered(helm):
+    """case -> list of rendered objects (rendered once per session)."""
+    cache: dict[str, list[dict[str, Any]]] = {}
+
+    def get(case: str) -> list[dict[str, Any]]:
+        if case not in cache:
+            result = _template(helm, *_case_args(case))
+            assert result.returncode == 0, result.stderr
+            cache[case] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return cache[case]
+
+    return get
+
+
+def _one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{kind} {name}: {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def _by_component(objects, kind: str, component: str) -> dict[str, Any]:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == kind
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    assert len(found) == 1, f"{kind} of {component}"
+    return found[0]
+
+
+def _settings(objects) -> dict[str, Any]:
+    secret = _one(objects, "Secret")
+    return json.loads(base64.b64decode(secret["data"]["settings.json"]))
+
+
+def _secret_keys(objects) -> dict[str, str]:
+    secret = _one(objects, "Secret")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    (container,) = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# ------------------------------------------------------------------------------------------
+# The chart as a whole
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lint_strict(helm, case):
+    result = helm("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *_case_args(case))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_object_is_valid_kubernetes(rendered, case):
+    objects = rendered(case)
+    seen = set()
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key not in seen, f"two objects {key}"
+        seen.add(key)
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        cluster_scoped = obj["kind"] in ("ClusterRole", "ClusterRoleBinding", "PriorityClass")
+        assert obj["metadata"].get("namespace") == (None if cluster_scoped else NAMESPACE)
+    kinds = {kind for kind, _ in seen}
+    assert {
+        "Deployment",
+        "Service",
+        "Secret",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "NetworkPolicy",
+        "DaemonSet",
+    } <= kinds
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pods_run_as_non_root_with_resources_and_pull_secrets(rendered, case):
+    objects = rendered(case)
+    settings = _settings(objects)
+    workloads = [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
+    assert len(workloads) >= 4
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] > 0
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["requests"], container["name"]
+        pull = [s["name"] for s in pod.get("imagePullSecrets", [])]
+        assert pull == settings["kubernetes"]["image_pull_secrets"]
+
+
+@pytest.mark.parametrize(
+    ("case", "address"),
+    [
+        ("default", "get service proxy-public"),
+        ("enterprise", "https://analytics.corp.example.com/"),
+        ("engines", "http://<any node's address>:30080/"),
+    ],
+)
+def test_notes_give_address_code_and_admin_login(helm, case, address):
+    result = helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
+        *_case_args(case),
+    )
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert address in notes
+    assert CODE in notes
+    assert "admin_password" in notes and f"secret {RELEASE}-clusterhub-hub" in notes
+
+
+# ------------------------------------------------------------------------------------------
+# The settings contract
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_settings_secret_is_the_contract(rendered, case, tmp_path):
+    objects = rendered(case)
+    settings = _settings(objects)
+    assert set(settings) == SETTINGS_KEYS
+    assert set(settings["kubernetes"]) == KUBERNETES_KEYS
+    assert settings["mode"] == "kubernetes"
+    assert settings["data_dir"] == "/srv/clusterhub"
+    assert settings["workshop_code"] == CODE
+    assert (settings["ip"], settings["port"], settings["hub_port"]) == ("", 8000, 8081)
+    assert settings["proxy_api_port"] == 8001
+    assert settings["gateway_api_port"] == 8010
+    assert settings["gateway_http_port"] == 8000
+    assert settings["gateway_tcp_port"] == 8786
+    assert settings["proxy_command"] == []
+    for key in ("cull_idle_timeout", "concurrent_spawn_limit", "port"):
+        assert type(settings[key]) is int, key
+    assert len(settings["admin_password"]) >= 32
+    # a Fernet key: 32 bytes, urlsafe base64
+    key = settings["gateway_encrypt_key"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}=", key)
+    assert len(base64.urlsafe_b64decode(key)) == 32
+
+    k8s = settings["kubernetes"]
+    assert k8s["hub_namespace"] == NAMESPACE
+    fullname = f"{RELEASE}-clusterhub"
+    assert k8s["hub_name"] == fullname
+    assert ko.label_value(fullname) == fullname
+    assert k8s["proxy_api_url"] == "http://proxy-api:8001"
+    assert k8s["hub_bind_url"] == "http://:8081"
+    assert k8s["hub_connect_url"] == "http://hub:8081"
+    assert k8s["gateway_url"] == (f"http://dask-gateway.{NAMESPACE}.svc:8000/services/dask-gateway")
+    assert k8s["gateway_proxy_address"] == f"gateway://dask-gateway.{NAMESPACE}.svc:8786"
+    assert set(k8s["network_policy"]) == set(ko.DEFAULT_NETWORK_ALLOW)
+    assert all(isinstance(v, bool) for v in k8s["network_policy"].values())
+    assert set(k8s["home_storage"]) == {"size", "storage_class"}
+    # profiles arrive normalised: validate_profiles() leaves them unchanged
+    assert validate_profiles(k8s["profiles"]) == k8s["profiles"]
+    # a user's namespace name can be made from the prefix
+    assert ko.make_namespace_name(k8s["namespace_prefix"], "alice").endswith("alice")
+    for image in ("notebook_image", "cluster_image"):
+        assert re.fullmatch(r"[^:\s]+(:\d+)?/[^:\s]+:[\w][\w.-]*", k8s[image]), k8s[image]
+
+    # the hub's own loader reads it
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    loaded = PlatformSettings.load(str(path))
+    assert loaded.workshop_code == CODE
+    assert loaded.gateway_http_port == 8000
+
+
+def test_settings_keys_are_the_platform_settings_fields():
+    """The chart writes exactly what clusterhub.settings.PlatformSettings reads."""
+    assert {f.name for f in dataclasses.fields(PlatformSettings)} == SETTINGS_KEYS
+
+
+def test_default_settings_match_the_python_defaults(rendered):
+    settings = _settings(rendered("default"))
+    k8s = settings["kubernetes"]
+    assert k8s["profiles"] == validate_profiles(copy.deepcopy(DEFAULT_PROFILES))
+    assert k8s["network_policy"] == ko.DEFAULT_NETWORK_ALLOW
+    assert k8s["namespace_prefix"] == "clusterhub-"
+    assert k8s["notebook_image"] == "quay.io/clusterhub/notebook:0.1.0"
+    assert k8s["cluster_image"] == "quay.io/clusterhub/cluster:0.1.0"
+    assert k8s["home_storage"] == {"size": "1Gi", "storage_class": ""}
+    assert k8s["delete_namespace_on_stop"] is True and k8s["keep_home_pvc"] is True
+    assert settings["admin_users"] == ["admin"]
+    assert settings["cull_idle_timeout"] == 3600
+    assert settings["extra_config_file"] == ""
+    # generated secrets: 40 random alphanumerics, the tokens too
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", settings["admin_password"])
+    keys = _secret_keys(rendered("default"))
+    assert re.fullmatch(r"[A-Za-z0-9]{64}", keys["proxy.token"])
+    assert re.fullmatch(r"[A-Za-z0-9]{64}", keys["gateway.apiToken"])
+    assert re.fullmatch(r"[0-9a-f]{64}", keys["hub.cookieSecret"])
+    assert len({keys["proxy.token"], keys["gateway.apiToken"]}) == 2
+
+
+def test_example_settings(rendered):
+    workshop = _settings(rendered("workshop-150"))
+    assert workshop["concurrent_spawn_limit"] == 30
+    assert workshop["cull_idle_timeout"] == 1800
+    assert workshop["kubernetes"]["namespace_prefix"] == "ws-"
+    assert workshop["kubernetes"]["notebook_image"].endswith(":2026.09.1")
+
+    enterprise = _settings(rendered("enterprise"))
+    k8s = enterprise["kubernetes"]
+    assert k8s["image_pull_secrets"] == ["registry-corp"]
+    assert k8s["image_pull_policy"] == "Always"
+    assert k8s["notebook_image"].startswith("registry.corp.example.com/")
+    assert k8s["network_policy"]["internet"] is False
+    assert k8s["network_policy"]["private_ips"] is True
+    assert enterprise["extra_config_file"] == "/etc/clusterhub/extra_config.py"
+
+    engines = _settings(rendered("engines"))
+    profiles = {p["slug"]: p for p in engines["kubernetes"]["profiles"]}
+    assert profiles["spark"]["engines"] == ["spark"] and profiles["spark"]["default"]
+    assert profiles["everything"]["engines"] == ["spark", "ipyparallel"]
+    assert profiles["ipyparallel"]["workers"] == {"default": 4, "max": 16}
+
+
+def test_user_given_secrets_are_used(helm, values_dir):
+    password = "p" * 32
+    key = base64.urlsafe_b64encode(b"k" * 32).decode()
+    path = _values_file(
+        values_dir,
+        "given-secrets",
+        {"hub": {"adminPassword": password}, "gateway": {"encryptKey": key}},
+    )
+    result = _template(helm, "--values", str(path), *_case_args("default"))
+    assert result.returncode == 0, result.stderr
+    settings = _settings([d for d in yaml.safe_load_all(result.stdout) if d])
+    assert settings["admin_password"] == password
+    assert settings["gateway_encrypt_key"] == key
+
+
+# ------------------------------------------------------------------------------------------
+# Upgrades keep generated secrets (lookup of the Secret in the cluster)
+# ------------------------------------------------------------------------------------------
+
+
+def _self_signed_cert(directory: Path) -> tuple[Path, Path, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    cert_file.write_bytes(pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file, pem
+
+
+class _TlsFront:
+    """TLS in front of the (plain HTTP) Kubernetes emulator: Go's client sends no bearer
+    token over plain HTTP, so helm's ``lookup`` needs HTTPS. Pipes bytes both ways."""
+
+    def __init__(self, backend_port: int, cert_file: Path, key_file: Path) -> None:
+        self._backend = backend_port
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(cert_file, key_file)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(10)
+            tls = self._context.wrap_socket(client, server_side=True)
+            backend = socket.create_connection(("127.0.0.1", self._backend), timeout=10)
+        except OSError:
+            client.close()
+            return
+
+        def pipe(source, sink) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, sink):
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        back = threading.Thread(target=pipe, args=(backend, tls), daemon=True)
+        back.start()
+        pipe(tls, backend)
+        back.join(timeout=10)
+        tls.close()
+        backend.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def kube_https(tmp_path):
+    """The Kubernetes emulator behind TLS: (kubeconfig path, api(method, path, body))."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.kube.emulator import KubeEmulator
+
+    emulator = KubeEmulator(tmp_path / "apiserver").start()
+    cert_file, key_file, pem = _self_signed_cert(tmp_path)
+    front = _TlsFront(int(emulator.url.rsplit(":", 1)[1]), cert_file, key_file)
+    server = f"https://127.0.0.1:{front.port}"
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "e",
+                        "cluster": {
+                            "server": server,
+                            "certificate-authority-data": base64.b64encode(pem).decode(),
+                        },
+                    }
+                ],
+                "users": [{"name": "e", "user": {"token": emulator.token}}],
+                "contexts": [{"name": "e", "context": {"cluster": "e", "user": "e"}}],
+                "current-context": "e",
+            }
+        )
+    )
+
+    def api(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        import requests
+
+        response = requests.request(
+            method,
+            emulator.url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {emulator.token}"},
+            timeout=10,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    try:
+        yield str(kubeconfig), api
+    finally:
+        front.stop()
+        emulator.stop()
+
+
+def test_upgrade_keeps_generated_secrets(helm, kube_https):
+    """Render once, store the Secret as an install would, render again against the cluster:
+    the generated admin password, encryption key, tokens and cookie secret are kept, while
+    the settings still follow the new values."""
+    kubeconfig, api = kube_https
+    first = _template(helm, *_case_args("default"))
+    assert first.returncode == 0, first.stderr
+    secret = _one([d for d in yaml.safe_load_all(first.stdout) if d], "Secret")
+    # what `helm install` adds to every object it creates
+    secret["metadata"]["annotations"] = {
+        "meta.helm.sh/release-name": RELEASE,
+        "meta.helm.sh/release-namespace": NAMESPACE,
+    }
+    api("POST", "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
+    api("POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret)
+
+    second = helm(
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=server",
+        "--disable-openapi-validation",
+        "--set",
+        "culler.timeout=7200",
+        # DaemonSets are not emulated, and server-side dry runs map every kind
+        "--set",
+        "prePuller.enabled=false",
+        *_case_args("default"),
+        kubeconfig=kubeconfig,
+    )
+    assert second.returncode == 0, second.stderr
+    upgraded = [d for d in yaml.safe_load_all(second.stdout) if d]
+    old, new = _secret_keys([secret]), _secret_keys(upgraded)
+    for key in ("proxy.token", "gateway.apiToken", "hub.cookieSecret"):
+        assert new[key] == old[key], key
+    old_settings, new_settings = json.loads(old["settings.json"]), json.loads(new["settings.json"])
+    assert new_settings["admin_password"] == old_settings["admin_password"]
+    assert new_settings["gateway_encrypt_key"] == old_settings["gateway_encrypt_key"]
+    assert new_settings["cull_idle_timeout"] == 7200
+
+
+# ------------------------------------------------------------------------------------------
+# Pods: the contract with the images
+# ------------------------------------------------------------------------------------------
+
+
+def _secret_refs(pod_spec: dict[str, Any]) -> list[tuple[str, str]]:
+    refs = []
+    for container in pod_spec["containers"]:
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.append((ref["name"], ref["key"]))
+    for volume in pod_spec.get("volumes", []):
+        if "secret" in volume:
+            for item in volume["secret"].get("items", []):
+                refs.append((volume["secret"]["secretName"], item["key"]))
+    return refs
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_secret_references_exist(rendered, case):
+    objects = rendered(case)
+    secret = _one(objects, "Secret")
+    external = {("hub-db", "password")} if case == "enterprise" else set()
+    for workload in (o for o in objects if o["kind"] == "Deployment"):
+        for name, key in _secret_refs(workload["spec"]["template"]["spec"]):
+            if (name, key) in external:
+                continue
+            assert name == secret["metadata"]["name"], (workload["metadata"]["name"], name)
+            assert key in secret["data"], (workload["metadata"]["name"], key)
+
+
+def test_hub_pod(rendered):
+    objects = rendered("default")
+    hub = _by_component(objects, "Deployment", "hub")
+    assert hub["spec"]["replicas"] == 1
+    assert hub["spec"]["strategy"]["type"] == "Recreate"
+    container = _container(hub, "hub")
+    assert container["command"] == [
+        "jupyterhub",
+        "-f",
+        "/usr/local/lib/python3.11/site-packages/clusterhub/jupyterhub_config.py",
+        "--upgrade-db",
+    ]
+    env = _env(container)
+    assert env["CLUSTERHUB_SETTINGS"] == "/etc/clusterhub/settings.json"
+    assert env["CONFIGPROXY_AUTH_TOKEN"]["secretKeyRef"]["key"] == "proxy.token"
+    assert env["CLUSTERHUB_GATEWAY_API_TOKEN"]["secretKeyRef"]["key"] == "gateway.apiToken"
+    assert env["JPY_COOKIE_SECRET"]["secretKeyRef"]["key"] == "hub.cookieSecret"
+    assert env["CLUSTERHUB_CULL_EVERY"] == "60"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert mounts == {"/etc/clusterhub": "settings", "/srv/clusterhub": "data"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/hub/health", "port": "http"}
+    assert {"name": "http", "containerPort": 8081} in container["ports"]
+    pod = hub["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    pvc = _one(objects, "PersistentVolumeClaim")
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    sa = _one(objects, "ServiceAccount", pod["serviceAccountName"])
+    binding = next(
+        b
+        for b in objects
+        if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa["metadata"]["name"]
+    )
+    role = _one(objects, "ClusterRole", binding["roleRef"]["name"])
+    assert role["rules"] == ko.HUB_RBAC_RULES
+    service = _one(objects, "Service", "hub")
+    assert service["spec"]["ports"][0]["port"] == 8081
+    assert (
+        service["spec"]["selector"].items() <= hub["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_proxy_pod_and_services(rendered):
+    objects = rendered("default")
+    proxy = _by_component(objects, "Deployment", "proxy")
+    container = _container(proxy, "proxy")
+    assert container["command"][0] == "configurable-http-proxy"
+    assert "--port=8000" in container["command"] and "--api-port=8001" in container["command"]
+    assert "--default-target=http://hub:8081" in container["command"]
+    assert _env(container)["CONFIGPROXY_AUTH_TOKEN"]["secretKeyRef"]["key"] == "proxy.token"
+    assert container["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert proxy["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    public = _one(objects, "Service", "proxy-public")
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert public["spec"]["ports"][0]["port"] == 80
+    api = _one(objects, "Service", "proxy-api")
+    assert api["spec"]["type"] == "ClusterIP" and api["spec"]["ports"][0]["port"] == 8001
+    nodeport = _one(rendered("engines"), "Service", "proxy-public")
+    assert nodeport["spec"]["type"] == "NodePort"
+    assert nodeport["spec"]["ports"][0]["nodePort"] == 30080
+
+
+def test_gateway_pod_rbac_and_service(rendered):
+    objects = rendered("default")
+    gateway = _by_component(objects, "Deployment", "dask-gateway")
+    container = _container(gateway, "gateway")
+    assert container["command"] == [
+        "dask-gateway-server",
+        "-f",
+        "/usr/local/lib/python3.11/site-packages/clusterhub/gateway/dask_gateway_config.py",
+    ]
+    env = _env(container)
+    assert env["CLUSTERHUB_SETTINGS"] == "/etc/clusterhub/settings.json"
+    assert env["JUPYTERHUB_API_URL"] == "http://hub:8081/hub/api"
+    assert env["JUPYTERHUB_API_TOKEN"]["secretKeyRef"]["key"] == "gateway.apiToken"
+    assert container["readinessProbe"]["httpGet"]["path"].endswith("/api/health")
+    service = _one(objects, "Service", "dask-gateway")
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [8000, 8786]
+    settings = _settings(objects)
+    assert settings["kubernetes"]["gateway_url"].startswith(
+        f"http://{service['metadata']['name']}.{NAMESPACE}.svc:8000/"
+    )
+    sa = gateway["spec"]["template"]["spec"]["serviceAccountName"]
+    binding = next(
+        b for b in objects if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa
+    )
+    role = _one(objects, "ClusterRole", binding["roleRef"]["name"])
+    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
+    assert rules == {
+        (("pods", "services", "secrets"), ("create", "delete", "get", "list", "watch")),
+        (("namespaces",), ("get", "list", "watch")),
+    }
+
+
+def test_hub_pods_carry_the_labels_user_namespaces_select(rendered):
+    """kubeobjects' NetworkPolicies admit hub, proxy and gateway pods by component."""
+    objects = rendered("default")
+    for component in (ko.HUB_COMPONENT, ko.PROXY_COMPONENT, ko.GATEWAY_COMPONENT):
+        deployment = _by_component(objects, "Deployment", component)
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels[ko.COMPONENT_LABEL] == component
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_network_policies(rendered):
+    objects = rendered("default")
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    pods = {
+        c: _by_component(objects, "Deployment", c)["spec"]["template"]["metadata"]["labels"]
+        for c in ("hub", "proxy", "dask-gateway")
+    }
+    for component, labels in pods.items():
+        selecting = [p for p in policies.values() if _selects(p["spec"]["podSelector"], labels)]
+        assert len(selecting) == 1, component
+        assert selecting[0]["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    user_ns = {
+        "app.kubernetes.io/managed-by": "clusterhub",
+        ko.HUB_NAME_LABEL: f"{RELEASE}-clusterhub",
+    }
+
+    def port_peers(policy, direction, port):
+        key = "from" if direction == "ingress" else "to"
+        return [
+            rule.get(key)
+            for rule in policy["spec"][direction]
+            if any(p["port"] == port for p in rule.get("ports", []))
+        ]
+
+    hub = policies[f"{RELEASE}-clusterhub-hub"]
+    (peers,) = port_peers(hub, "ingress", 8081)
+    assert {"namespaceSelector": {"matchLabels": user_ns}} in peers
+    proxy = policies[f"{RELEASE}-clusterhub-proxy"]
+    assert port_peers(proxy, "ingress", 8000) == [None]  # the public port: anyone
+    gateway = policies[f"{RELEASE}-clusterhub-gateway"]
+    (peers,) = port_peers(gateway, "ingress", 8786)
+    assert peers == [{"namespaceSelector": {"matchLabels": user_ns}}]
+    # the enterprise hub reaches its database
+    rules = _one(rendered("enterprise"), "NetworkPolicy", f"{RELEASE}-clusterhub-hub")["spec"][
+        "egress"
+    ]
+    assert {
+        "to": [{"ipBlock": {"cidr": "10.20.30.0/24"}}],
+        "ports": [{"protocol": "TCP", "port": 5432}],
+    } in rules
+
+
+# ------------------------------------------------------------------------------------------
+# Optional parts
+# ------------------------------------------------------------------------------------------
+
+
+def test_enterprise_database_ingress_and_registry(rendered):
+    objects = rendered("enterprise")
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    hub = _by_component(objects, "Deployment", "hub")
+    container = _container(hub, "hub")
+    env = _env(container)
+    assert env["CLUSTERHUB_DB_URL"]["secretKeyRef"]["key"] == "hub.db.url"
+    assert env["PGPASSWORD"]["secretKeyRef"] == {"name": "hub-db", "key": "password"}
+    assert "--upgrade-db" not in container["command"]
+    assert container["image"] == "registry.corp.example.com/clusterhub/hub:0.1.0-corp.3"
+    volumes = {v["name"]: v for v in hub["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    keys = _secret_keys(objects)
+    assert keys["hub.db.url"].startswith("postgresql://")
+    extra = keys["extra_config.py"]
+    compile(extra, "extra_config.py", "exec")
+    assert 'c.JupyterHub.db_url = os.environ["CLUSTERHUB_DB_URL"]' in extra
+    assert "hub.extraConfig.10-branding" in extra
+    items = [i["path"] for i in volumes["settings"]["secret"]["items"]]
+    assert items == ["settings.json", "extra_config.py"]
+    ingress = _one(objects, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [
+        {"secretName": "analytics-tls", "hosts": ["analytics.corp.example.com"]}
+    ]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "proxy-public", "port": {"name": "http"}}
+    assert _one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    for workload in (o for o in objects if o["kind"] in ("Deployment", "DaemonSet")):
+        pod = workload["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["image"].startswith("registry.corp.example.com/"), c["image"]
+
+
+def test_workshop_placeholders_and_pre_puller(rendered):
+    objects = rendered("workshop-150")
+    priority = _one(objects, "PriorityClass")
+    assert priority["value"] == -10 and priority["preemptionPolicy"] == "Never"
+    placeholders = _by_component(objects, "Deployment", "user-placeholder")
+    assert placeholders["spec"]["replicas"] == 20
+    pod = placeholders["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == priority["metadata"]["name"]
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "2500m", "memory": "3584Mi"}
+    assert pod["nodeSelector"] == {"node-pool": "users"}
+    puller = _one(objects, "DaemonSet")
+    init = puller["spec"]["template"]["spec"]["initContainers"]
+    settings = _settings(objects)["kubernetes"]
+    assert [c["image"] for c in init] == [settings["notebook_image"], settings["cluster_image"]]
+    # defaults: placeholders off, pre-puller on
+    default = rendered("default")
+    assert not [o for o in default if o["kind"] == "PriorityClass"]
+    assert _one(default, "DaemonSet")
+
+
+# ------------------------------------------------------------------------------------------
+# Sources of truth
+# ------------------------------------------------------------------------------------------
+
+
+def _generate_rbac_module():
+    spec = importlib.util.spec_from_file_location(
+        "generate_rbac", ROOT / "helm" / "generate_rbac.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rbac_rules_file_is_in_sync_with_python():
+    generator = _generate_rbac_module()
+    path = CHART / "files" / "hub-rbac-rules.json"
+    assert path.read_text() == generator.render(), "run: python helm/generate_rbac.py"
+    assert json.loads(path.read_text()) == ko.HUB_RBAC_RULES
+    assert generator.main(["--check"]) == 0
+
+
+def test_values_defaults_match_python():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert validate_profiles(values["singleuser"]["profiles"]) == validate_profiles(
+        copy.deepcopy(DEFAULT_PROFILES)
+    )
+    names = {
+        "dns": "dns",
+        "internet": "internet",
+        "privateIPs": "private_ips",
+        "cloudMetadata": "cloud_metadata",
+        "gatewayToScheduler": "gateway_to_scheduler",
+        "notebookToEngines": "notebook_to_engines",
+        "kubeApi": "kube_api",
+    }
+    network = values["singleuser"]["networkPolicy"]
+    assert {names[k]: v for k, v in network.items()} == ko.DEFAULT_NETWORK_ALLOW
+
+
+def _schema_objects(node: Any, path: str = "$"):
+    if isinstance(node, dict):
+        if node.get("type") == "object":
+            yield path, node
+        for key, value in node.items():
+            yield from _schema_objects(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _schema_objects(value, f"{path}[{index}]")
+
+
+def test_schema_closes_every_object():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    objects = list(_schema_objects(schema))
+    assert len(objects) > 30
+    for path, node in objects:
+        extra = node.get("additionalProperties")
+        # closed objects, or maps whose values are all strings (labels, annotations, env)
+        assert extra is False or extra == {"type": "string"}, path
+        if extra is False:
+            assert "properties" in node, path
+
+
+def test_values_yaml_is_fully_commented():
+    """Every top-level section of values.yaml has a comment (a block may explain several)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for index, line in enumerate(lines):
+        if re.match(r"^[A-Za-z]", line):
+            above = index - 1
+            while above >= 0 and re.match(r"^[A-Za-z]\w*: \S", lines[above]):
+                above -= 1  # one-line keys grouped under one comment
+            assert above >= 0 and lines[above].startswith("#"), line
+
+
+# ------------------------------------------------------------------------------------------
+# Bad values are refused, naming the field
+# ------------------------------------------------------------------------------------------
+
+POSTGRES = {"type": "postgres", "url": "postgresql://hub@db:5432/hub"}
+DB_EGRESS = {"hubExtraEgress": [{"to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}]}]}
+
+
+def _profile(**changes):
+    profile = copy.deepcopy(DEFAULT_PROFILES[0])
+    profile.update(changes)
+    return profile
+
+
+BAD_VALUES = {
+    "workshop-code-missing": ({"hub": {"workshopCode": ""}}, "hub.workshopCode is required"),
+    "workshop-code-short": ({"hub": {"workshopCode": "short"}}, "hub.workshopCode"),
+    "workshop-code-long": ({"hub": {"workshopCode": "x" * 129}}, "/hub/workshopCode"),
+    "admin-password-short": ({"hub": {"adminPassword": "secret"}}, "hub.adminPassword"),
+    "unknown-key": ({"hub": {"workshopcode": "typo-typo"}}, "'workshopcode' not allowed"),
+    "encrypt-key-not-fernet": ({"gateway": {"encryptKey": "not-a-key"}}, "/gateway/encryptKey"),
+    "placeholders-negative": (
+        {"placeholders": {"enabled": True, "count": -1}},
+        "/placeholders/count",
+    ),
+    "placeholders-priority-not-below-users": (
+        {"placeholders": {"priority": 0}},
+        "/placeholders/priority",
+    ),
+    "ingress-without-hosts": ({"ingress": {"enabled": True}}, "ingress.hosts"),
+    "ingress-tls-host-not-served": (
+        {
+            "ingress": {
+                "enabled": True,
+                "hosts": ["hub.example.org"],
+                "tls": [{"secretName": "tls", "hosts": ["other.example.org"]}],
+            }
+        },
+        "ingress.tls[0].hosts",
+    ),
+    "postgres-without-url": (
+        {"hub": {"db": {"type": "postgres"}}, "networkPolicy": DB_EGRESS},
+        "hub.db.url is required",
+    ),
+    "postgres-with-mysql-url": (
+        {"hub": {"db": {"type": "postgres", "url": "mysql://db/hub"}}, "networkPolicy": DB_EGRESS},
+        "hub.db.url must start with",
+    ),
+    "sqlite-with-url": ({"hub": {"db": {"url": "postgresql://db/hub"}}}, "hub.db.url"),
+    "db-password-and-existing-secret": (
+        {
+            "hub": {
+                "db": {**POSTGRES, "password": "pw", "existingSecret": {"name": "s", "key": "k"}}
+            },
+            "networkPolicy": DB_EGRESS,
+        },
+        "hub.db.password and hub.db.existingSecret.name",
+    ),
+    "postgres-unreachable-behind-network-policy": (
+        {"hub": {"db": POSTGRES}},
+        "networkPolicy.hubExtraEgress",
+    ),
+    "db-type-unknown": ({"hub": {"db": {"type": "oracle"}}}, "/hub/db/type"),
+    "pre-puller-without-images": (
+        {"prePuller": {"enabled": True, "notebookImage": False, "clusterImage": False}},
+        "prePuller.enabled but no image",
+    ),
+    "profile-default-above-max": (
+        {"singleuser": {"profiles": [_profile(workers={"default": 9, "max": 8})]}},
+        "singleuser.profiles[0].workers.default (9) exceeds",
+    ),
+    "profile-max-out-of-range": (
+        {"singleuser": {"profiles": [_profile(worker_memory_gib={"default": 1, "max": 512})]}},
+        "/singleuser/profiles/0/worker_memory_gib/max",
+    ),
+    "profile-unknown-engine": (
+        {"singleuser": {"profiles": [_profile(engines=["ray"])]}},
+        "/singleuser/profiles/0/engines/0",
+    ),
+    "profile-slug-twice": (
+        {"singleuser": {"profiles": [_profile(), _profile(default=False)]}},
+        "singleuser.profiles[1].slug",
+    ),
+    "profile-two-defaults": (
+        {"singleuser": {"profiles": [_profile(), _profile(slug="other")]}},
+        "at most one profile may have default",
+    ),
+    "profiles-empty": ({"singleuser": {"profiles": []}}, "/singleuser/profiles"),
+    "namespace-prefix-invalid": (
+        {"singleuser": {"namespacePrefix": "Users_"}},
+        "/singleuser/namespacePrefix",
+    ),
+    "namespace-prefix-kube": ({"singleuser": {"namespacePrefix": "kube-"}}, "namespacePrefix"),
+    "namespace-prefix-covers-hub-namespace": (
+        {"singleuser": {"namespacePrefix": "cluster"}},
+        "singleuser.namespacePrefix",
+    ),
+    "proxy-service-type-unknown": ({"proxy": {"service": {"type": "Ingress"}}}, "/proxy/service"),
+    "node-port-on-cluster-ip": (
+        {"proxy": {"service": {"type": "ClusterIP", "nodePort": 30080}}},
+        "proxy.service.nodePort",
+    ),
+    "pull-policies-differ": (
+        {"images": {"cluster": {"pullPolicy": "Always"}}},
+        "images.cluster.pullPolicy",
+    ),
+    "culler-checks-less-often-than-timeout": (
+        {"culler": {"timeout": 600, "every": 3600}},
+        "culler.every",
+    ),
+    "extra-egress-unknown-field": (
+        {"networkPolicy": {"hubExtraEgress": [{"too": []}]}},
+        "/networkPolicy/hubExtraEgress/0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_VALUES))
+def test_bad_values_are_refused(helm, values_dir, name):
+    values, field = BAD_VALUES[name]
+    values = copy.deepcopy(values)
+    values.setdefault("hub", {}).setdefault("workshopCode", CODE)
+    path = _values_file(values_dir, name, values)
+    result = _template(helm, "--values", str(path))
+    assert result.returncode != 0, f"{name}: rendered without error"
+    assert field in result.stderr, result.stderr

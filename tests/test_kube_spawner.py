@@ -1,0 +1,314 @@
+"""A real JupyterHub with KubeSpaceSpawner against the Kubernetes emulator.
+
+The process-kubelet really runs each pod's command, so every notebook here is a real
+``jupyterhub-singleuser`` process. The tests read the cluster through its HTTP API, as
+kubectl would; they never reach into the emulator's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import psutil
+import pytest
+import requests
+from hubclient import BrowserUser, RunningPlatform, free_port
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.kube.fixtures import KubeCluster  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+HUB_NAMESPACE = "hub-system"
+PREFIX = "clusterhub-"
+BIN = os.path.dirname(sys.executable)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TEST_HUB_CONFIG = """
+# Every pod of the process-kubelet shares this machine's network: give each notebook its
+# own port on loopback. A real cluster gives each pod its own address instead.
+import socket
+
+def _own_port(spawner):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        spawner.port = sock.getsockname()[1]
+
+c.KubeSpaceSpawner.pre_spawn_hook = _own_port
+c.KubeSpaceSpawner.ip = "127.0.0.1"
+c.KubeSpaceSpawner.cmd = [{singleuser!r}]
+c.KubeSpaceSpawner.args = ["--ServerApp.allow_root=True"]
+c.KubeSpaceSpawner.namespace_delete_timeout = 60
+"""
+
+
+class RunningKubeHub(RunningPlatform):
+    """The hub as the Helm chart runs it (jupyterhub -f clusterhub's config), in kubernetes
+    mode against the emulator; it starts its own proxy since there is no proxy pod here."""
+
+    def __init__(self, root: str, cluster: KubeCluster):
+        super().__init__(root)
+        self.cluster = cluster
+        self.admin_password = "a" * 40
+        os.makedirs(os.path.join(self.data_dir, "hub"), exist_ok=True)
+        config = os.path.join(root, "test_config.py")
+        with open(config, "w") as f:
+            f.write(TEST_HUB_CONFIG.format(singleuser=os.path.join(BIN, "jupyterhub-singleuser")))
+        self.settings_file = os.path.join(root, "settings.json")
+        settings = {
+            "mode": "kubernetes",
+            "data_dir": self.data_dir,
+            "workshop_code": self.workshop_code,
+            "admin_password": self.admin_password,
+            "gateway_encrypt_key": "",
+            "ip": "127.0.0.1",
+            "port": self.port,
+            "hub_port": free_port(),
+            "proxy_api_port": free_port(),
+            "proxy_command": [
+                os.path.join(CHECKOUT, "node_modules", ".bin", "configurable-http-proxy")
+            ],
+            "extra_config_file": config,
+            "kubernetes": {
+                "hub_namespace": HUB_NAMESPACE,
+                "hub_name": "test-hub",
+                "namespace_prefix": PREFIX,
+                "notebook_image": "notebook:test",
+                "cluster_image": "cluster:test",
+            },
+        }
+        with open(self.settings_file, "w") as f:
+            json.dump(settings, f)
+
+    def start(self, timeout: float = 60) -> RunningKubeHub:
+        env = self.env()
+        env.update(CLUSTERHUB_SETTINGS=self.settings_file, KUBECONFIG=self.cluster.kubeconfig)
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        config = os.path.join(CHECKOUT, "clusterhub", "jupyterhub_config.py")
+        self.log = open(os.path.join(self.root, "hub.log"), "ab")
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "jupyterhub"), "-f", config],
+            cwd=os.path.join(self.data_dir, "hub"),
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/hub/health", timeout=2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+        raise RuntimeError("hub did not start: " + self.log_tail())
+
+    def log_tail(self) -> str:
+        with open(os.path.join(self.root, "hub.log"), errors="replace") as f:
+            return "".join(f.readlines()[-40:])
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.log.close()
+        code, self.proc = self.proc.returncode, None
+        for proc in psutil.process_iter():  # the hub's own proxy, started in its session
+            try:
+                if "configurable-http-proxy" in " ".join(proc.cmdline()) and str(
+                    self.port
+                ) in " ".join(proc.cmdline()):
+                    proc.kill()
+            except psutil.Error:
+                pass
+        return code
+
+
+class Kubectl:
+    """Reads the emulated cluster over HTTP, as kubectl would."""
+
+    PATHS = {
+        "pods": "/api/v1/namespaces/{ns}/pods",
+        "serviceaccounts": "/api/v1/namespaces/{ns}/serviceaccounts",
+        "resourcequotas": "/api/v1/namespaces/{ns}/resourcequotas",
+        "limitranges": "/api/v1/namespaces/{ns}/limitranges",
+        "services": "/api/v1/namespaces/{ns}/services",
+        "secrets": "/api/v1/namespaces/{ns}/secrets",
+        "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
+        "networkpolicies": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+        "roles": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+        "rolebindings": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    }
+
+    def __init__(self, cluster: KubeCluster):
+        self.base = cluster.url
+        self.headers = {"Authorization": f"Bearer {cluster.token}"}
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.base + path, headers=self.headers, timeout=10)
+
+    def names(self, kind: str, ns: str) -> set[str]:
+        response = self.get(self.PATHS[kind].format(ns=ns))
+        response.raise_for_status()
+        return {item["metadata"]["name"] for item in response.json()["items"]}
+
+    def items(self, kind: str, ns: str) -> list[dict]:
+        return self.get(self.PATHS[kind].format(ns=ns)).json()["items"]
+
+    def namespaces(self) -> dict[str, dict]:
+        items = self.get("/api/v1/namespaces").json()["items"]
+        return {ns["metadata"]["name"]: ns for ns in items}
+
+    def space_of(self, username: str) -> str:
+        for name, ns in self.namespaces().items():
+            annotations = ns["metadata"].get("annotations", {})
+            if annotations.get("hub.clusterhub.io/username") == username:
+                return name
+        raise AssertionError(f"no namespace for {username}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    workdir = tempfile.mkdtemp(prefix="kube-hub-")
+    home = os.path.join(workdir, "home")
+    os.makedirs(home)
+    kube = KubeCluster(
+        workdir,
+        base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
+    )
+    kube.start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hub(cluster, tmp_path_factory):
+    running = RunningKubeHub(str(tmp_path_factory.mktemp("kubehub")), cluster).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def kubectl(cluster):
+    return Kubectl(cluster)
+
+
+def spawn(hub, name, **options) -> BrowserUser:
+    user = BrowserUser(hub, name)
+    user.login().raise_for_status()
+    response = user.spawn(**options)
+    assert response.status_code == 302, hub.log_tail()
+    user.wait_ready(timeout=120)
+    return user
+
+
+EXPECTED_SPACE = {
+    "resourcequotas": {"space-quota"},
+    "limitranges": {"space-limits"},
+    "serviceaccounts": {"default", "notebook"},  # "default" comes with every namespace
+    "roles": {"notebook"},
+    "rolebindings": {"notebook"},
+}
+
+
+def test_two_users_each_get_a_namespace_and_a_working_notebook(hub, kubectl):
+    # "a.b" and "a-b" would collide under a naive slug; each must get its own space.
+    users = [spawn(hub, "a.b", profile="dask"), spawn(hub, "a-b", profile="dask")]
+    spaces = {user.name: kubectl.space_of(user.name) for user in users}
+    assert len(set(spaces.values())) == 2
+    for user in users:
+        ns = spaces[user.name]
+        assert ns.startswith(PREFIX)
+        labels = kubectl.namespaces()[ns]["metadata"]["labels"]
+        assert labels["hub.clusterhub.io/name"] == "test-hub"
+        for kind, names in EXPECTED_SPACE.items():
+            assert kubectl.names(kind, ns) == names, (kind, ns)
+        policies = kubectl.names("networkpolicies", ns)
+        assert {"default-deny", "notebook-from-hub", "dns"} <= policies
+        pods = kubectl.items("pods", ns)
+        assert [p["status"]["phase"] for p in pods] == ["Running"]
+        assert pods[0]["spec"]["serviceAccountName"] == "notebook"
+        # JupyterLab answers through the hub's proxy, from the process the kubelet runs.
+        status = user.session.get(f"{hub.url}/user/{user.name}/api/status")
+        assert status.status_code == 200
+
+
+def test_a_users_service_account_reaches_only_its_own_namespace(hub, kubectl):
+    mine, theirs = kubectl.space_of("a.b"), kubectl.space_of("a-b")
+    for role in kubectl.items("roles", mine):
+        assert role["metadata"]["namespace"] == mine
+    for binding in kubectl.items("rolebindings", theirs):
+        for subject in binding["subjects"]:
+            assert subject.get("namespace", theirs) == theirs, "no foreign subject in B's space"
+    bindings = kubectl.get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings").json()
+    for binding in bindings["items"]:
+        for subject in binding.get("subjects", []):
+            assert subject.get("namespace") not in (mine, theirs), "users get no cluster rights"
+
+
+def test_a_hub_restart_keeps_running_servers(hub, kubectl):
+    ns = kubectl.space_of("a.b")
+    pod = kubectl.items("pods", ns)[0]
+    pids_before = hub.cluster.kubelet.pod_pids(ns, pod["metadata"]["name"])
+    assert pids_before
+    hub.stop()
+    hub.start()
+    user = BrowserUser(hub, "a.b")
+    assert user.server_model()["servers"][""]["ready"]
+    assert hub.cluster.kubelet.pod_pids(ns, pod["metadata"]["name"]) == pids_before
+    user.login()
+    user.wait_ready(timeout=60)
+    assert user.session.get(f"{hub.url}/user/a.b/api/status").status_code == 200
+
+
+def test_stop_removes_the_namespace_and_its_processes(hub, kubectl):
+    ns = kubectl.space_of("a-b")
+    pod = kubectl.items("pods", ns)[0]
+    pids = hub.cluster.kubelet.pod_pids(ns, pod["metadata"]["name"])
+    user = BrowserUser(hub, "a-b")
+    user.stop_server(timeout=90)
+    assert ns not in kubectl.namespaces()
+    assert kubectl.get(f"/api/v1/namespaces/{ns}").status_code == 404
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_bad_profile_creates_nothing(hub, kubectl):
+    before = set(kubectl.namespaces())
+    user = BrowserUser(hub, "mallory")
+    user.login().raise_for_status()
+    response = user.spawn(profile="dask", worker_cores="64")
+    assert response.status_code == 400
+    assert "worker_cores: must be a whole number from 1 to 2" in response.text
+    assert set(kubectl.namespaces()) == before
+
+
+def test_long_non_ascii_name_gets_a_valid_distinct_namespace(hub, kubectl):
+    name = "zoë-ñandú-" + "x" * 60
+    user = spawn(hub, name, profile="dask")
+    ns = kubectl.space_of(user.name)
+    assert len(ns) <= 63 and ns.isascii() and ns.startswith(PREFIX)
+    user.stop_server(timeout=90)
+    assert ns not in kubectl.namespaces()

@@ -1,0 +1,65 @@
+import kubernetes_validate
+import pytest
+
+from clusterhub.profiles import DEFAULT_PROFILES, validate_options, validate_profiles
+from clusterhub.spawner.kubespace import make_space_objects, quota_for
+
+PROFILES = {p["slug"]: p for p in validate_profiles(DEFAULT_PROFILES)}
+
+
+def objects_for(slug, **kwargs):
+    options = validate_options(list(PROFILES.values()), {"profile": slug})
+    return make_space_objects(
+        "clusterhub-alice",
+        hub_namespace="hub",
+        profile=PROFILES[slug],
+        options=options,
+        cluster_image="registry.example/cluster:1",
+        ipyparallel_key="ab" * 32,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("slug", sorted(PROFILES))
+def test_every_object_of_every_profile_is_valid_kubernetes(slug):
+    for obj in objects_for(slug):
+        kubernetes_validate.validate(obj, "1.34.0", strict=True)
+        assert obj["metadata"]["namespace"] == "clusterhub-alice"
+
+
+def test_engines_are_deployments_named_by_mode():
+    deployments = {
+        o["metadata"]["name"]: o["spec"]["replicas"]
+        for o in objects_for("dask-spark")
+        if o["kind"] == "Deployment"
+    }
+    assert deployments == {"spark-master": 1, "spark-worker": 2}
+    assert not [o for o in objects_for("dask") if o["kind"] == "Deployment"]
+
+
+def test_the_quota_covers_notebook_and_every_engine_at_the_profiles_maxima():
+    # dask + spark, 4 workers of 2 cores and 4 GiB each, plus a coordinator per engine.
+    assert quota_for(PROFILES["dask-spark"]) == {
+        "cpu_limit": "19",
+        "memory_limit": "36Gi",
+        "max_pods": 11,
+    }
+
+
+def test_notebooks_may_reach_both_gateway_ports():
+    policies = {o["metadata"]["name"]: o for o in objects_for("dask", gateway_ports=(8000, 8786))}
+    egress = policies["notebook-to-hub"]["spec"]["egress"]
+    ports = {port["port"] for rule in egress for port in rule.get("ports", [])}
+    assert {8000, 8786} <= ports
+
+
+def test_ipyparallel_needs_a_key():
+    options = validate_options(list(PROFILES.values()), {"profile": "dask-ipyparallel"})
+    with pytest.raises(ValueError, match="ipyparallel_key"):
+        make_space_objects(
+            "ns",
+            hub_namespace="hub",
+            profile=PROFILES["dask-ipyparallel"],
+            options=options,
+            cluster_image="c:1",
+        )
