@@ -1,0 +1,103 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from clusterhub.engines.entrypoint import command_for
+
+ENV = {
+    "CLUSTERHUB_BIND_HOST": "127.0.0.1",
+    "SPARK_MASTER_URL": "spark://spark-master.ns.svc:7077",
+    "DASK_SCHEDULER_ADDRESS": "tcp://dask-scheduler.ns.svc:8786",
+    "IPP_CONNECTION_INFO": "{}",
+}
+
+
+def test_each_mode_runs_its_process_with_the_deployments_settings():
+    dask = command_for("dask-worker", ["--nthreads", "2"], ENV)
+    assert dask[1:] == [
+        "worker",
+        "tcp://dask-scheduler.ns.svc:8786",
+        "--host",
+        "127.0.0.1",
+        "--nthreads",
+        "2",
+    ]
+    spark = command_for("spark-worker", ["--cores", "1"], ENV)
+    assert spark[0].endswith("bin/spark-class")
+    assert spark[1:] == [
+        "org.apache.spark.deploy.worker.Worker",
+        "--host",
+        "127.0.0.1",
+        "--webui-port",
+        "8081",
+        "--cores",
+        "1",
+        "spark://spark-master.ns.svc:7077",
+    ]
+    master = command_for("spark-master", [], {**ENV, "SPARK_MASTER_PORT": "17077"})
+    assert master[2:6] == ["--host", "127.0.0.1", "--port", "17077"]
+    assert command_for("ipcontroller", ["--reuse"], ENV)[1:] == [
+        "-m",
+        "ipyparallel.controller",
+        "--ip=127.0.0.1",
+        "--reuse",
+    ]
+    assert command_for("dask-scheduler", [], {})[2:4] == ["--host", "0.0.0.0"]
+
+
+def test_unknown_mode_and_missing_settings_are_refused_clearly():
+    with pytest.raises(SystemExit, match="unknown mode 'mpi'; choose one of: dask-scheduler"):
+        command_for("mpi", [], ENV)
+    with pytest.raises(SystemExit, match="spark-worker: the environment variable SPARK_MASTER_URL"):
+        command_for("spark-worker", [], {})
+    with pytest.raises(SystemExit, match="ipengine: the environment variable IPP_CONNECTION_INFO"):
+        command_for("ipengine", [], {})
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_scheduler_and_a_worker_started_through_the_entrypoint_run_a_task(tmp_path):
+    from distributed import Client
+
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "CLUSTERHUB_BIND_HOST": "127.0.0.1", "HOME": str(tmp_path)}
+    env["DASK_SCHEDULER_ADDRESS"] = f"tcp://127.0.0.1:{port}"
+    entry = [sys.executable, "-m", "clusterhub.engines.entrypoint"]
+    scheduler = subprocess.Popen(
+        [*entry, "dask-scheduler", "--port", str(port), "--dashboard-address", f":{dashboard}"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    worker = subprocess.Popen(
+        [*entry, "dask-worker", "--nthreads", "1", "--no-dashboard"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+    finally:
+        for proc in (worker, scheduler):
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in (worker, scheduler):
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
