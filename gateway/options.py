@@ -1,8 +1,8 @@
 """Cluster options a user may set, bounded by the profile of their space.
 
-``Gateway().new_cluster()`` with no arguments takes the defaults; explicit
-options outside the profile's bounds are refused (the gateway answers 422 with
-the option's name and allowed range) and nothing is created.
+``Gateway().new_cluster()`` with no arguments takes the defaults; explicit options outside
+the profile's bounds are refused (the gateway answers 422 with the option's name and the
+allowed range) and nothing is created.
 """
 
 from __future__ import annotations
@@ -17,6 +17,28 @@ GIB = 2**30
 
 
 class NoActiveSpace(ValueError):
+    pass
+
+
+class _RangeMessage:
+    """Refusals that name the option and its whole allowed range (upstream names one bound)."""
+
+    def validate(self, x):
+        if isinstance(x, bool):
+            raise TypeError(f"{self.field}: must be a number from {self.min:g} to {self.max:g}")
+        try:
+            return super().validate(x)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{self.field}: must be a number from {self.min:g} to {self.max:g}, not {x!r}"
+            ) from None
+
+
+class BoundedInteger(_RangeMessage, Integer):
+    pass
+
+
+class BoundedFloat(_RangeMessage, Float):
     pass
 
 
@@ -36,15 +58,9 @@ def make_cluster_options(space_for: Callable[[str], LocalSpace]) -> Callable:
 
     def cluster_options(user) -> Options:
         limits = profile_limits(space_for(user.name))
-        max_cores = int(limits["worker_cores"])
-        max_memory = float(limits["worker_memory_gib"])
         max_workers = int(limits["workers"])
 
-        def handler(options, user):
-            if not 1 <= options.worker_cores <= max_cores:
-                raise ValueError(f"worker_cores: must be from 1 to {max_cores}")
-            if not 0.5 <= options.worker_memory <= max_memory:
-                raise ValueError(f"worker_memory: must be from 0.5 to {max_memory} GiB")
+        def handler(options):
             return {
                 "worker_cores": options.worker_cores,
                 "worker_threads": options.worker_cores,
@@ -53,9 +69,19 @@ def make_cluster_options(space_for: Callable[[str], LocalSpace]) -> Callable:
             }
 
         return Options(
-            Integer("worker_cores", default=1, min=1, max=max_cores, label="Worker cores"),
-            Float(
-                "worker_memory", default=1.0, min=0.5, max=max_memory, label="Worker memory (GiB)"
+            BoundedInteger(
+                "worker_cores",
+                default=1,
+                min=1,
+                max=int(limits["worker_cores"]),
+                label="Worker cores",
+            ),
+            BoundedFloat(
+                "worker_memory",
+                default=1.0,
+                min=0.5,
+                max=float(limits["worker_memory_gib"]),
+                label="Worker memory (GiB)",
             ),
             handler=handler,
         )

@@ -162,6 +162,21 @@ def test_a_user_cannot_see_or_connect_to_another_users_cluster(platform, alice, 
     assert out.startswith("REFUSED"), out
 
 
+def test_cluster_options_beyond_the_profile_are_refused_and_create_nothing(bob, kernels):
+    kernel = kernels[bob.name]
+    out = kernel.execute(
+        "before = {c.name for c in Gateway().list_clusters()}\n"
+        "try:\n"
+        "    Gateway().new_cluster(worker_cores=3)\n"
+        "    print('CREATED')\n"
+        "except Exception as exc:\n"
+        "    print('REFUSED', exc)\n"
+        "print({c.name for c in Gateway().list_clusters()} == before)\n"
+    )
+    assert "REFUSED" in out and "worker_cores: must be a number from 1 to 2, not 3" in out, out
+    assert out.strip().endswith("True"), "no cluster was created"
+
+
 def test_stopping_a_server_leaves_no_process_of_that_user(platform, alice, kernels):
     running = [" ".join(p.cmdline()) for p in space_processes(platform, "alice")]
     assert any("dask scheduler" in c or "distributed" in c for c in running), running
