@@ -143,6 +143,16 @@ class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
         # Our profiles replace KubeSpawner's profile_list; API choices are checked like form ones.
         self.space_options()
 
+    async def progress(self):
+        # The space is prepared before the pod exists, so say so first; then the pod's events.
+        yield {
+            "progress": 2,
+            "message": f"Preparing your space: namespace {self.namespace} with its quota, "
+            "network policies, service account and engines",
+        }
+        async for event in super().progress():
+            yield event
+
     # -- state: everything needed to find the space again after a hub restart -----------------
     def get_state(self):
         state = super().get_state()

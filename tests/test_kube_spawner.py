@@ -305,6 +305,31 @@ def test_bad_profile_creates_nothing(hub, kubectl):
     assert set(kubectl.namespaces()) == before
 
 
+def test_the_spawn_page_streams_progress(hub, kubectl):
+    user = BrowserUser(hub, "carol")
+    user.login().raise_for_status()
+    assert user.spawn(profile="dask").status_code == 302
+    # What the spawn-pending page's EventSource reads.
+    messages = []
+    with user.session.get(
+        f"{hub.url}/hub/api/users/carol/server/progress",
+        headers={"X-XSRFToken": user.xsrf("/hub/")},
+        stream=True,
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("data:"):
+                event = json.loads(line[len("data:") :])
+                messages.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    break
+    ns = kubectl.space_of("carol")
+    assert any(f"Preparing your space: namespace {ns}" in m for m in messages), messages
+    assert any("ready" in m.lower() for m in messages), messages
+    user.stop_server(timeout=90)
+
+
 def test_long_non_ascii_name_gets_a_valid_distinct_namespace(hub, kubectl):
     name = "zoë-ñandú-" + "x" * 60
     user = spawn(hub, name, profile="dask")
