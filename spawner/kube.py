@@ -250,6 +250,35 @@ class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
         )
         for obj in objects:
             await self._create_or_keep(obj)
+        await self._copy_image_pull_secrets()
+
+    async def _copy_image_pull_secrets(self) -> None:
+        """Pods can only use pull secrets of their own namespace: copy the hub's into the space."""
+        core = self._api(CoreV1Api)
+        for entry in self.image_pull_secrets or []:
+            name = entry["name"] if isinstance(entry, dict) else entry
+            try:
+                source = await self._request(core.read_namespaced_secret(name, self.hub_namespace))
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise RuntimeError(
+                        f"image pull secret {name!r} does not exist in namespace "
+                        f"{self.hub_namespace!r}: create it there, or remove it from "
+                        "image_pull_secrets"
+                    ) from None
+                raise
+            copy = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": name,
+                    "namespace": self.namespace,
+                    "labels": {k.MANAGED_BY_LABEL: k.MANAGED_BY},
+                },
+                "type": source.type,
+                "data": source.data,
+            }
+            await self._create_or_keep(copy)
 
     async def _create_or_keep(self, obj: dict) -> None:
         cls, suffix = _KIND_API[obj["kind"]]

@@ -46,6 +46,7 @@ c.KubeSpaceSpawner.ip = "127.0.0.1"
 c.KubeSpaceSpawner.cmd = [{singleuser!r}]
 c.KubeSpaceSpawner.args = ["--ServerApp.allow_root=True"]
 c.KubeSpaceSpawner.namespace_delete_timeout = 60
+c.KubeSpaceSpawner.image_pull_secrets = ["registry-credentials"]
 """
 
 
@@ -163,6 +164,9 @@ class Kubectl:
     def get(self, path: str) -> requests.Response:
         return requests.get(self.base + path, headers=self.headers, timeout=10)
 
+    def post(self, path: str, body: dict) -> requests.Response:
+        return requests.post(self.base + path, json=body, headers=self.headers, timeout=10)
+
     def names(self, kind: str, ns: str) -> set[str]:
         response = self.get(self.PATHS[kind].format(ns=ns))
         response.raise_for_status()
@@ -204,6 +208,22 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def hub(cluster, tmp_path_factory):
+    # What a platform admin does once: the registry credentials live in the hub's namespace.
+    kubectl = Kubectl(cluster)
+    for body in (
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": HUB_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "registry-credentials", "namespace": HUB_NAMESPACE},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="},
+        },
+    ):
+        path = "/api/v1/namespaces"
+        if body["kind"] == "Secret":
+            path += f"/{HUB_NAMESPACE}/secrets"
+        kubectl.post(path, body).raise_for_status()
     running = RunningKubeHub(str(tmp_path_factory.mktemp("kubehub")), cluster).start()
     try:
         yield running
@@ -248,8 +268,13 @@ def test_two_users_each_get_a_namespace_and_a_working_notebook(hub, kubectl):
             assert kubectl.names(kind, ns) == names, (kind, ns)
         policies = kubectl.names("networkpolicies", ns)
         assert {"default-deny", "notebook-from-hub", "dns"} <= policies
+        secrets = {s["metadata"]["name"]: s for s in kubectl.items("secrets", ns)}
+        pulled = secrets["registry-credentials"]
+        assert pulled["type"] == "kubernetes.io/dockerconfigjson"
+        assert pulled["data"] == {".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="}
         pods = kubectl.items("pods", ns)
         assert [p["status"]["phase"] for p in pods] == ["Running"]
+        assert pods[0]["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
         assert pods[0]["spec"]["serviceAccountName"] == "notebook"
         # JupyterLab answers through the hub's proxy, from the process the kubelet runs.
         status = user.session.get(f"{hub.url}/user/{user.name}/api/status")
