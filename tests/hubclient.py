@@ -231,6 +231,26 @@ class BrowserUser:
             method, f"{self.base}{prefix}{path.lstrip('/')}", headers=headers, **kwargs
         )
 
+    def run_notebook(self, path: str, timeout: float = 300) -> list[str]:
+        """Run every code cell of a notebook in the user's home, in order, in a new kernel,
+        as "Run All" in JupyterLab does; returns each cell's output. A failing cell raises."""
+        model = self.server_api("GET", f"api/contents/{path}?content=1")
+        model.raise_for_status()
+        cells = [c for c in model.json()["content"]["cells"] if c["cell_type"] == "code"]
+        kernel = self.kernel()
+        try:
+            outputs = []
+            for number, cell in enumerate(cells, 1):
+                source = cell["source"]
+                code = "".join(source) if isinstance(source, list) else source
+                try:
+                    outputs.append(kernel.execute(code, timeout=timeout))
+                except KernelError as exc:
+                    raise KernelError(f"{path}, code cell {number} failed:\n{exc}") from None
+            return outputs
+        finally:
+            kernel.close()
+
     def kernel(self) -> Kernel:
         response = self.server_api("POST", "api/kernels", json={"name": "python3"})
         response.raise_for_status()

@@ -7,9 +7,11 @@ can check the process table for leftovers.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import os
 import signal
+import socket
 import time
 
 import psutil
@@ -177,6 +179,11 @@ def test_cluster_options_beyond_the_profile_are_refused_and_create_nothing(bob, 
     assert out.strip().endswith("True"), "no cluster was created"
 
 
+def test_the_dask_workshop_notebook_runs_top_to_bottom(bob):
+    outputs = bob.run_notebook("01-dask-hostnames.ipynb")
+    assert "Counter(" in outputs[1], outputs
+
+
 def test_stopping_a_server_leaves_no_process_of_that_user(platform, alice, kernels):
     running = [" ".join(p.cmdline()) for p in space_processes(platform, "alice")]
     assert any("dask scheduler" in c or "distributed" in c for c in running), running
@@ -227,6 +234,12 @@ def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform, bob,
         exposed = {entry for entry in listening if not is_loopback(entry[0])}
         assert not exposed, exposed
 
+        # The workshop notebook, in a kernel of its own: this session holds both executors.
+        kernel.execute("spark.stop()")
+        outputs = carol.run_notebook("02-spark-hostnames.ipynb")
+        assert outputs[0].strip().startswith("'spark://127.0.0.1:"), outputs
+        assert "Counter(" in outputs[1], outputs
+
         # The master dying must not take the notebook down.
         pid_dir = os.path.join(space_dir(platform, "carol"), "spark", "pids")
         master_pid_file = next(f for f in os.listdir(pid_dir) if "Master" in f)
@@ -236,7 +249,6 @@ def test_spark_profile_runs_a_job_on_the_users_standalone_workers(platform, bob,
         assert kernel.execute("print(6 * 7)").strip() == "42"
         assert carol.server_model()["servers"][""]["ready"]
     finally:
-        kernel.execute("spark.stop()")
         kernel.close()
     carol.stop_server()
     assert not space_processes(platform, "carol")
@@ -257,6 +269,9 @@ def test_ipyparallel_profile_maps_over_the_users_engines(platform):
     finally:
         kernel.close()
     assert out.strip().splitlines()[-1].split() == ["2", str(sum(x * x for x in range(20))), "True"]
+    outputs = dave.run_notebook("03-ipyparallel-hostnames.ipynb")
+    hostnames = ast.literal_eval(outputs[1].strip())
+    assert len(hostnames) == 20 and set(hostnames) == {socket.gethostname()}, outputs
     dave.stop_server()
     assert not space_processes(platform, "dave")
 
