@@ -30,7 +30,7 @@ import clusterhub
 
 from . import kubeobjects as k
 from .kubespace import NOTEBOOK_SERVICE_ACCOUNT, make_space_objects, space_engines
-from .options import ProfileOptionsSpawner
+from .options import SpaceSpawnerMixin
 
 # Which typed API and method suffix handles each kind we create.
 _KIND_API = {
@@ -49,7 +49,7 @@ _KIND_API = {
 _REPLACED_ON_START = {"ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding"}
 
 
-class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
+class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
     hub_name = Unicode(
         "clusterhub",
         config=True,
@@ -81,16 +81,6 @@ class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
         config=True,
         help="""Which allowances the space's NetworkPolicies make, on top of what every
         space needs. Keys: see ``clusterhub.spawner.kubeobjects.DEFAULT_NETWORK_ALLOW``.""",
-    )
-
-    gateway_url = Unicode(
-        config=True,
-        help="The Dask Gateway's address as seen from notebooks, including its prefix.",
-    )
-
-    gateway_proxy_address = Unicode(
-        config=True,
-        help="The gateway's scheduler proxy (gateway://host:port) as seen from notebooks.",
     )
 
     delete_namespace_on_stop = Bool(
@@ -171,8 +161,7 @@ class KubeSpaceSpawner(ProfileOptionsSpawner, KubeSpawner):
                 gateway_proxy_address=self.gateway_proxy_address or None,
             )
         )
-        if self.gateway_url:
-            env["DASK_GATEWAY__AUTH__TYPE"] = "jupyterhub"
+        env.update(self.gateway_env())
         return env
 
     # -- the space ----------------------------------------------------------------------------

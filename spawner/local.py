@@ -25,13 +25,12 @@ from clusterhub import profiles as profile_rules
 from clusterhub.content import sync_content, workshop_source
 from clusterhub.engines import Engine, EngineError, local_engine
 from clusterhub.gateway.client import stop_user_clusters
-from clusterhub.settings import GATEWAY_PREFIX
 from clusterhub.space import LocalSpace
 
-from .options import ProfileOptionsSpawner
+from .options import SpaceSpawnerMixin
 
 
-class LocalSpaceSpawner(ProfileOptionsSpawner, SimpleLocalProcessSpawner):
+class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
     data_dir = Unicode(
         config=True,
         help="The platform's data dir. Homes are in <data_dir>/homes, spaces in <data_dir>/spaces.",
@@ -46,16 +45,6 @@ class LocalSpaceSpawner(ProfileOptionsSpawner, SimpleLocalProcessSpawner):
     @default("workshop_content")
     def _default_workshop_content(self):
         return workshop_source()
-
-    gateway_url = Unicode(
-        config=True,
-        help="The Dask Gateway's HTTP address as seen from notebooks, including its prefix.",
-    )
-
-    gateway_proxy_address = Unicode(
-        config=True,
-        help="The gateway's scheduler proxy (gateway://host:port) as seen from notebooks.",
-    )
 
     engine_stop_timeout = Float(
         60.0, config=True, help="Seconds to wait for a space's engines to stop."
@@ -90,14 +79,7 @@ class LocalSpaceSpawner(ProfileOptionsSpawner, SimpleLocalProcessSpawner):
         space = self.space
         env.update(space.marker_env())
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        env.update(
-            {
-                "DASK_GATEWAY__ADDRESS": self.gateway_url,
-                "DASK_GATEWAY__PROXY_ADDRESS": self.gateway_proxy_address,
-                "DASK_GATEWAY__PUBLIC_ADDRESS": GATEWAY_PREFIX,
-                "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
-            }
-        )
+        env.update(self.gateway_env())
         for engine in self.engines(self.space_options()):
             env.update(engine.client_env())
         return env

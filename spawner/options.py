@@ -1,6 +1,7 @@
-"""What the local and the Kubernetes spawner share: profiles, the spawn form and its checks.
+"""What the local and the Kubernetes spawner share: profiles, the spawn form and its checks,
+and the way a notebook reaches the Dask Gateway.
 
-Both spawners list :class:`ProfileOptionsSpawner` before their JupyterHub base class, so a
+Both spawners list :class:`SpaceSpawnerMixin` before their JupyterHub base class, so a
 profile means the same thing, and a bad choice gets the same message, whichever runs. It is
 a traitlets mixin, not a Spawner: JupyterHub refuses Spawner subclasses without start/stop.
 """
@@ -8,9 +9,10 @@ a traitlets mixin, not a Spawner: JupyterHub refuses Spawner subclasses without 
 from __future__ import annotations
 
 from tornado import web
-from traitlets import HasTraits, List, default, validate
+from traitlets import HasTraits, List, Unicode, default, validate
 
 from clusterhub import profiles as profile_rules
+from clusterhub.settings import GATEWAY_PREFIX
 
 
 def _user_error(exc: profile_rules.OptionError) -> web.HTTPError:
@@ -19,7 +21,17 @@ def _user_error(exc: profile_rules.OptionError) -> web.HTTPError:
     return error
 
 
-class ProfileOptionsSpawner(HasTraits):
+class SpaceSpawnerMixin(HasTraits):
+    gateway_url = Unicode(
+        config=True,
+        help="The Dask Gateway's address as seen from notebooks, including its prefix.",
+    )
+
+    gateway_proxy_address = Unicode(
+        config=True,
+        help="The gateway's scheduler proxy (gateway://host:port) as seen from notebooks.",
+    )
+
     profiles = List(
         config=True,
         help="""The profiles users choose from on the spawn form.
@@ -63,3 +75,16 @@ class ProfileOptionsSpawner(HasTraits):
     def profile_limits(self, options: profile_rules.SpaceOptions) -> dict[str, int]:
         profile = self.space_profile(options)
         return {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
+
+    def gateway_env(self) -> dict[str, str]:
+        """What makes ``Gateway()`` in a kernel work with no arguments."""
+        if not self.gateway_url:
+            return {}
+        env = {
+            "DASK_GATEWAY__ADDRESS": self.gateway_url,
+            "DASK_GATEWAY__PUBLIC_ADDRESS": GATEWAY_PREFIX,
+            "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        }
+        if self.gateway_proxy_address:
+            env["DASK_GATEWAY__PROXY_ADDRESS"] = self.gateway_proxy_address
+        return env

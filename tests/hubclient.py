@@ -22,6 +22,8 @@ import psutil
 import requests
 import websocket
 
+from clusterhub.procs import find_marked
+
 READY_LINE = "clusterhub is ready at "
 
 
@@ -38,14 +40,7 @@ def free_port() -> int:
 
 
 def marked_processes(marker: str, value: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(marker) == value and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return find_marked(marker, value)
 
 
 class RunningPlatform:
