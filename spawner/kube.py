@@ -29,7 +29,12 @@ from traitlets import Bool, Dict, Float, Unicode, default
 import clusterhub
 
 from . import kubeobjects as k
-from .kubespace import NOTEBOOK_SERVICE_ACCOUNT, make_space_objects, space_engines
+from .kubespace import (
+    NOTEBOOK_SERVICE_ACCOUNT,
+    make_space_objects,
+    space_engines,
+    spark_worker_memory,
+)
 from .options import SpaceSpawnerMixin
 
 # Which typed API and method suffix handles each kind we create.
@@ -162,7 +167,20 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             )
         )
         env.update(self.gateway_env())
+        if "spark" in self.space_profile(options)["engines"]:
+            # An executor must fit the worker that offers it (see kubespace.spark_worker_env).
+            env["SPARK_EXECUTOR_MEMORY"] = spark_worker_memory(options)
         return env
+
+    async def get_pod_manifest(self):
+        pod = await super().get_pod_manifest()
+        if "ipyparallel" in self.space_profile(self.space_options())["engines"]:
+            # ipp.Client(os.environ["CLUSTERHUB_IPP_CLIENT_FILE"]) reads it from this mount.
+            volume, mount = k.make_ipyparallel_notebook_volume()
+            pod.spec.volumes = [*(pod.spec.volumes or []), volume]
+            container = pod.spec.containers[0]
+            container.volume_mounts = [*(container.volume_mounts or []), mount]
+        return pod
 
     # -- the space ----------------------------------------------------------------------------
     def gateway_ports(self) -> tuple[int, ...]:
@@ -232,7 +250,8 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             profile=self.space_profile(options),
             options=options,
             cluster_image=self.cluster_image,
-            image_pull_policy=self.image_pull_policy,
+            # KubeSpawner leaves it unset (the cluster decides); a Deployment needs a value.
+            image_pull_policy=self.image_pull_policy or "IfNotPresent",
             network_allow=self.network_allow or None,
             gateway_ports=self.gateway_ports(),
             ipyparallel_key=secrets.token_hex(32),

@@ -50,6 +50,28 @@ def worker_resources(options: SpaceOptions) -> dict[str, dict[str, str]]:
     return {"requests": dict(size), "limits": dict(size)}
 
 
+def spark_worker_memory(options: SpaceOptions) -> str:
+    """What a Spark worker offers (and so one executor's heap): the pod's memory less room for
+    the worker daemon's own JVM (256 MiB heap) and the executor's off-heap overhead."""
+    return f"{max(512, options.worker_memory_gib * 1024 - 512)}m"
+
+
+def engine_env(engine: str, role: str, options: SpaceOptions) -> dict[str, str]:
+    """Sizes for the engine's daemons: Spark otherwise offers the whole node, not the pod."""
+    if engine != "spark":
+        return {}
+    env = {"SPARK_DAEMON_MEMORY": "256m"}
+    if role == "worker":
+        env.update(
+            SPARK_WORKER_CORES=str(options.worker_cores),
+            SPARK_WORKER_MEMORY=spark_worker_memory(options),
+            # Relative to the container's working directory (the image's WORKDIR, writable by
+            # the unprivileged engine user); the default, inside SPARK_HOME, is read-only.
+            SPARK_WORKER_DIR="spark-work",
+        )
+    return env
+
+
 COORDINATOR_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "512Mi"},
     "limits": {"cpu": str(COORDINATOR_CORES), "memory": f"{COORDINATOR_MEMORY_GIB}Gi"},
@@ -115,6 +137,7 @@ def make_space_objects(
                     image=cluster_image,
                     replicas=replicas,
                     resources=resources,
+                    env=engine_env(engine, role, options),
                     image_pull_policy=image_pull_policy,
                 )
             )

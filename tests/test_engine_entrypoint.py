@@ -23,6 +23,8 @@ def test_each_mode_runs_its_process_with_the_deployments_settings():
         "tcp://dask-scheduler.ns.svc:8786",
         "--host",
         "127.0.0.1",
+        "--dashboard-address",
+        "127.0.0.1:0",
         "--nthreads",
         "2",
     ]

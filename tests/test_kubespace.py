@@ -37,6 +37,18 @@ def test_engines_are_deployments_named_by_mode():
     assert not [o for o in objects_for("dask") if o["kind"] == "Deployment"]
 
 
+def test_spark_daemons_are_sized_to_their_pods():
+    workers = next(o for o in objects_for("dask-spark") if o["metadata"]["name"] == "spark-worker")
+    env = {
+        e["name"]: e.get("value")
+        for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["SPARK_WORKER_CORES"] == "1"
+    assert env["SPARK_WORKER_MEMORY"] == "512m"  # a 1 GiB pod less the daemon and overheads
+    assert env["SPARK_DAEMON_MEMORY"] == "256m"
+    assert env["SPARK_WORKER_DIR"] == "spark-work"
+
+
 def test_the_quota_covers_notebook_and_every_engine_at_the_profiles_maxima():
     # dask + spark, 4 workers of 2 cores and 4 GiB each, plus a coordinator per engine.
     assert quota_for(PROFILES["dask-spark"]) == {

@@ -41,7 +41,8 @@ def _dask_scheduler(env, host, args):
 
 def _dask_worker(env, host, args):
     address = _required(env, "DASK_SCHEDULER_ADDRESS", "dask-worker")
-    return [_dask(), "worker", address, "--host", host, *args]
+    # The dashboard too: without it, the worker's dashboard listens on every interface.
+    return [_dask(), "worker", address, "--host", host, "--dashboard-address", f"{host}:0", *args]
 
 
 def _spark_master(env, host, args):

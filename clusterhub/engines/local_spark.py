@@ -108,6 +108,10 @@ class LocalSparkEngine(Engine):
                 "SPARK_IDENT_STRING": IDENT,
                 "SPARK_LOCAL_IP": self.host,
                 "SPARK_DAEMON_MEMORY": "256m",
+                # JVMs write scratch files to java.io.tmpdir (/tmp) and leave them when killed:
+                # keep them inside the space, which is removed with it.
+                "SPARK_DAEMON_JAVA_OPTS": f"-Djava.io.tmpdir={self._dir('tmp')}",
+                "SPARK_LOCAL_DIRS": self._dir("tmp"),
                 "PYSPARK_PYTHON": sys.executable,
             }
         )
@@ -137,6 +141,9 @@ class LocalSparkEngine(Engine):
             "spark.executor.memory": f"{max(1, state['worker_memory_gib']) * 1024 - 384}m",
             "spark.pyspark.python": sys.executable,
             "spark.ui.showConsoleProgress": "false",
+            "spark.local.dir": self._dir("tmp"),
+            "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
+            "spark.executor.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
         }
         os.makedirs(self._dir("conf"), exist_ok=True)
         with open(self._dir("conf", "spark-defaults.conf"), "w") as f:
@@ -146,7 +153,7 @@ class LocalSparkEngine(Engine):
     def prepare(self) -> None:
         if self._state() and self._record(MASTER_CLASS, 1) is not None:
             return
-        for sub in ("logs", "pids", "work", "conf"):
+        for sub in ("logs", "pids", "work", "conf", "tmp"):
             os.makedirs(self._dir(sub), exist_ok=True)
         port, webui = free_port(self.host), free_port(self.host)
         state = {

@@ -10,8 +10,9 @@ conftest). Fixtures:
     (also patched into an already imported ``kubernetes_asyncio``, whose default location is
     read at import time) and KubeSpawner's cached ``load_config`` is cleared. Teardown kills
     every process the kubelet started and removes all temp dirs, also when the test failed.
-    Options per test with the ``tests.kube.kube_options(uts=True, image_entrypoints={...},
-    base_env={...}, kubelet=False)`` decorator.
+    Options per test with the ``tests.kube.kube_options(uts=True, service_dns=False,
+    image_entrypoints={...}, base_env={...}, kubelet=False)`` decorator. ``service_dns``
+    (on by default) gives pods a hosts file naming every Service (see ``kubelet.py``).
 
 ``kube_client``
     An async ``kubernetes_asyncio.client.ApiClient`` for ``kube_api`` (closed afterwards).
@@ -43,6 +44,7 @@ class KubeCluster:
         *,
         kubelet: bool = True,
         uts: bool = False,
+        service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
         base_env: dict[str, str] | None = None,
         node_name: str = "process-node",
@@ -53,6 +55,7 @@ class KubeCluster:
         self._kubelet_options: dict[str, Any] | None = (
             {
                 "uts": uts,
+                "service_dns": service_dns,
                 "image_entrypoints": image_entrypoints,
                 "base_env": base_env,
                 "node_name": node_name,

@@ -18,8 +18,37 @@ as a real process, then reports status through ``pods/<name>/status``.
   ``pods/log``. With ``uts=True`` each runs in ``unshare --uts`` with the hostname set to the
   pod's hostname (``spec.hostname`` or the pod name), so a task's hostname names its pod.
 * Pod IP and host IP are 127.0.0.1 for every pod (host networking, in effect).
+* Cluster DNS for Services (``service_dns=True``, the default): each container runs in a
+  private mount namespace (``unshare --mount --propagation private``) in which a hosts file
+  the kubelet generates per pod is bind-mounted over ``/etc/hosts``. It holds the usual
+  localhost lines, the pod's hostname (with ``spec.subdomain`` also its FQDN; with
+  ``uts=False`` also the machine's hostname, which is what the process sees), ``hostAliases``,
+  and every Service of the cluster as ``<svc>.<ns>.svc.cluster.local``, ``<svc>.<ns>.svc`` and
+  ``<svc>.<ns>``, plus the bare ``<svc>`` for the pod's own namespace, all at 127.0.0.1. The
+  kubelet watches Services and rewrites the file in place (same inode, so the bind mount
+  sees it): a Service created after the pod started resolves within a watch round trip.
+  Unlike a real cluster every Service name means loopback: there is no kube-proxy and no
+  clusterIP routing, so a Service only works if its ``port`` equals its ``targetPort`` and
+  the pod behind it listens on 127.0.0.1 (or all interfaces); two namespaces whose pods use
+  the same fixed ports collide, so one test must not run two such spaces at once.
+  Pods with ``hostNetwork: true`` keep the machine's ``/etc/hosts``, as on a real node. Names
+  not in the file go to the machine's resolver; there is no search path, no SRV records and
+  no per-pod A records. Needs root (or CAP_SYS_ADMIN) and util-linux; without them the
+  kubelet logs a warning and runs pods with the machine's ``/etc/hosts``.
+* Volumes (same mount namespace): ``secret`` and ``configMap`` volumes are written into a
+  per-pod directory (``items`` with ``key``/``path``/``mode``, ``defaultMode``, ``optional``;
+  a missing non-optional one leaves the container Waiting in ContainerCreating with a
+  FailedMount event), ``emptyDir`` is a per-pod directory that survives container restarts,
+  ``hostPath`` is the host path itself. Each ``volumeMount`` (``subPath``, ``readOnly``) is a
+  bind mount of that directory onto ``mountPath``. A mount point missing on the machine (say
+  ``/etc/clusterhub/...``) is created inside the pod only: its deepest existing ancestor gets
+  a copy-on-write overlay (tmpfs upper layer, the ancestor's own submounts bound back), so the
+  machine's filesystem is never touched. Contents are written at each container start, not
+  refreshed while it runs. Other volume kinds (PVCs, projected, downward API) are not
+  mounted: their mountPath shows the machine's filesystem.
 * Init containers run to completion in order; then the containers start. Readiness probes
-  (tcpSocket, httpGet, exec) gate ``ready``; without one a running container is ready.
+  (tcpSocket, httpGet, exec) gate ``ready``; without one a running container is ready. exec
+  probes run inside the container's mount (and UTS) namespace, through ``nsenter``.
   ``periodSeconds`` is capped at ``max_probe_period`` to keep tests fast.
 * Exit -> restart with ``restartCount`` + 1 (Always, or OnFailure with a non-zero code) after
   a short back-off (0.2 s doubling to 5 s instead of 10 s to 5 min), else the container is
@@ -34,10 +63,11 @@ as a real process, then reports status through ``pods/<name>/status``.
 * ``stop()`` kills every process it ever started (process groups and tagged descendants, also
   ones that called setsid) and removes its directory, whatever state the pods are in.
 
-Not emulated: images (nothing is pulled; the host's filesystem is the container's), volumes
-and volumeMounts, workingDir, securityContext/users, resource limits, liveness and startup
-probes, lifecycle hooks, network isolation between pods, in-cluster service-account
-credentials (pass KUBECONFIG through the pod's env if a pod must reach the API).
+Not emulated: images (nothing is pulled; the host's filesystem is the container's, apart from
+the mounts above), volume kinds other than the four above, workingDir, securityContext/users,
+resource limits, liveness and startup probes, lifecycle hooks, network isolation between pods,
+in-cluster service-account credentials (pass KUBECONFIG through the pod's env if a pod must
+reach the API).
 """
 
 from __future__ import annotations
@@ -53,11 +83,14 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +105,17 @@ log = logging.getLogger(__name__)
 POD_IP = "127.0.0.1"
 TAG_VARIABLE = "PROCESS_KUBELET_TAG"
 KUBELET_USER_AGENT = "process-kubelet/v1.33.0"
-_UTS_WRAPPER = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"']
+CLUSTER_DOMAIN = "cluster.local"
+# The head of the hosts file a real kubelet writes into every pod.
+_HOSTS_HEAD = [
+    "# Kubernetes-managed hosts file (process-kubelet: every Service is on loopback).",
+    "127.0.0.1\tlocalhost",
+    "::1\tlocalhost ip6-localhost ip6-loopback",
+    "fe00::0\tip6-localnet",
+    "fe00::0\tip6-mcastprefix",
+    "fe00::1\tip6-allnodes",
+    "fe00::2\tip6-allrouters",
+]
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 _SUFFIXES = {
     "": 1,
@@ -170,6 +213,45 @@ class _ConfigError(Exception):
     """A container cannot be configured yet (missing Secret/ConfigMap key)."""
 
 
+class _MountError(_ConfigError):
+    """A volume cannot be set up yet (missing Secret/ConfigMap); the pod stays creating."""
+
+
+def _tool(name: str) -> str:
+    """Absolute path of a util-linux/coreutils tool: a pod's PATH may not contain it."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") or name
+
+
+def _unescape_mountinfo(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> list[str]:
+    """Mount points of this process's mount namespace, in mount order."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return [_unescape_mountinfo(line.split()[4]) for line in lines if len(line.split()) > 4]
+
+
+def mount_namespaces_work() -> bool:
+    """Whether ``unshare --mount`` works here (root or CAP_SYS_ADMIN, util-linux present)."""
+    if not shutil.which("unshare") or not shutil.which("mount"):
+        return False
+    try:
+        result = subprocess.run(
+            [_tool("unshare"), "--mount", "--propagation", "private", _tool("true")],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
 class _Container:
     def __init__(self, spec: Obj, pod_dir: Path, init: bool) -> None:
         self.spec = spec
@@ -217,6 +299,8 @@ class _PodWorker:
         self.name: str = meta["name"]
         self.dir = kubelet.workdir / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
         self.work = self.dir / "work"
+        self.hosts_path = self.dir / "hosts"
+        self.volumes_dir = self.dir / "volumes"
         spec = pod["spec"]
         self.init_containers = [
             _Container(c, self.dir, True) for c in spec.get("initContainers") or []
@@ -339,6 +423,10 @@ class _PodWorker:
 
     async def _supervise(self) -> None:
         policy = self.pod["spec"].get("restartPolicy", "Always")
+        if self.k.dns_active:
+            # The hosts file must list the Services that exist before the first process reads it.
+            await self.k._services_synced.wait()
+            self.write_hosts()
         for c in self.init_containers:
             backoff = 0.2
             while True:
@@ -397,9 +485,17 @@ class _PodWorker:
 
     async def _start(self, c: _Container) -> bool:
         try:
+            volumes = await self._prepare_volumes()
             env, pod_env = await self._environment(c)
+            wrapper = self._wrapper(c, volumes)
         except _ConfigError as exc:
-            c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
+            if isinstance(exc, _MountError):
+                # A real kubelet keeps retrying the mount, with the pod still creating.
+                c.state = {"waiting": {"reason": "ContainerCreating", "message": str(exc)}}
+                self.k._event(self.pod, "Warning", "FailedMount", str(exc))
+            else:
+                reason = "CreateContainerConfigError"
+                c.state = {"waiting": {"reason": reason, "message": str(exc)}}
             self.mark_dirty()
             return False
         c.exit_code = None
@@ -413,8 +509,7 @@ class _PodWorker:
             }
             self.mark_dirty()
             return False
-        if self.k.uts:
-            argv = [*_UTS_WRAPPER, self.hostname, *argv]
+        argv = [*wrapper, *argv]
         c.tag = f"{self.k.tag_prefix}{self.uid}/{c.name}/{c.restart_count + (c.proc is not None)}"
         env[TAG_VARIABLE] = c.tag
         if c.log_path.exists():
@@ -491,6 +586,184 @@ class _PodWorker:
     @property
     def hostname(self) -> str:
         return (self.pod["spec"].get("hostname") or self.name)[:63]
+
+    # -------------------------------------------------------------- DNS and volumes
+
+    def write_hosts(self) -> None:
+        """(Re)write this pod's hosts file in place: the bind mount pins the inode, so a new
+        file renamed over it would stay invisible to the running processes."""
+        if not self.k.dns_active or self.removed:
+            return
+        data = self.k._hosts_text(self).encode()
+        try:
+            with open(self.hosts_path, "r+b") as f:
+                if f.read() == data:
+                    return
+                # Overwrite, then cut (not truncate, then write): a resolver reading in
+                # between never finds an empty file; at worst stale lines at the end.
+                f.seek(0)
+                f.write(data)
+                f.truncate()
+        except FileNotFoundError:
+            if not self.dir.exists():
+                return  # the pod is being torn down
+            with open(self.hosts_path, "wb") as f:
+                f.write(data)
+
+    async def _prepare_volumes(self) -> dict[str, Path]:
+        """Materialise the pod's emulated volumes: volume name -> directory on this machine."""
+        if not self.k.mount_ns:
+            return {}
+        result: dict[str, Path] = {}
+        for vol in self.pod["spec"].get("volumes") or []:
+            name = vol["name"]
+            target = self.volumes_dir / name
+            if "hostPath" in vol:
+                result[name] = Path(vol["hostPath"]["path"])
+            elif "emptyDir" in vol:
+                target.mkdir(parents=True, exist_ok=True)  # kept across container restarts
+                result[name] = target
+            elif "secret" in vol or "configMap" in vol:
+                files = await self._volume_files(name, vol)
+                self._write_volume(target, files, vol)
+                result[name] = target
+        return result
+
+    async def _volume_files(self, name: str, vol: Obj) -> dict[str, bytes]:
+        if "secret" in vol:
+            src, plural, kind = vol["secret"], "secrets", "secret"
+            ref = src.get("secretName", "")
+        else:
+            src, plural, kind = vol["configMap"], "configmaps", "configmap"
+            ref = src.get("name", "")
+        obj = await self.k._get_json(f"/api/v1/namespaces/{self.ns}/{plural}/{ref}")
+        if obj is None:
+            if src.get("optional"):
+                return {}
+            raise _MountError(
+                f'MountVolume.SetUp failed for volume "{name}" : {kind} "{ref}" not found'
+            )
+        data: dict[str, bytes] = {}
+        if plural == "secrets":
+            for key, value in (obj.get("data") or {}).items():
+                data[key] = base64.b64decode(value)
+        else:
+            for key, value in (obj.get("data") or {}).items():
+                data[key] = value.encode()
+            for key, value in (obj.get("binaryData") or {}).items():
+                data[key] = base64.b64decode(value)
+        items = src.get("items")
+        if not items:
+            return data
+        files: dict[str, bytes] = {}
+        for item in items:
+            if item["key"] not in data:
+                if src.get("optional"):
+                    continue
+                raise _MountError(
+                    f'MountVolume.SetUp failed for volume "{name}" : '
+                    f"configmap references non-existent config key: {item['key']}"
+                    if kind == "configmap"
+                    else f'MountVolume.SetUp failed for volume "{name}" : '
+                    f"references non-existent secret key: {item['key']}"
+                )
+            files[item["path"]] = data[item["key"]]
+        return files
+
+    def _write_volume(self, target: Path, files: dict[str, bytes], vol: Obj) -> None:
+        src = vol.get("secret") or vol.get("configMap") or {}
+        default_mode = int(src.get("defaultMode", 0o644))
+        modes = {i["path"]: int(i["mode"]) for i in src.get("items") or [] if "mode" in i}
+        target.mkdir(parents=True, exist_ok=True)
+        # In place (not a fresh directory): another container of the pod may have it mounted.
+        for old in target.rglob("*"):
+            if old.is_file() and str(old.relative_to(target)) not in files:
+                old.unlink()
+        for rel, content in files.items():
+            path = target / rel
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise _MountError(f"invalid volume item path {rel!r}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            path.chmod(modes.get(rel, default_mode))
+
+    def _wrapper(self, c: _Container, volumes: dict[str, Path]) -> list[str]:
+        """The argv prefix that sets up the container's namespaces before exec'ing it."""
+        steps = self._mount_steps(c, volumes) if self.k.mount_ns else []
+        flags: list[str] = []
+        if steps:
+            flags += ["--mount", "--propagation", "private"]
+        if self.k.uts:
+            flags.append("--uts")
+            steps.append(f"{_tool('hostname')} {shlex.quote(self.hostname)}")
+        if not flags:
+            return []
+        # set -e: a failed mount ends the container with the error in its log, loudly.
+        script = "\n".join(["set -e", *steps, 'exec "$@"'])
+        return [_tool("unshare"), *flags, _tool("sh"), "-c", script, "sh"]
+
+    def _mount_steps(self, c: _Container, volumes: dict[str, Path]) -> list[str]:
+        binds: list[tuple[Path, str, bool]] = []  # (source, mountPath, read-only)
+        for m in c.spec.get("volumeMounts") or []:
+            source = volumes.get(m["name"])
+            if source is None:
+                continue  # a volume kind this kubelet does not emulate
+            if m.get("subPath"):
+                source = source / m["subPath"]
+            binds.append((source, os.path.normpath(m["mountPath"]), bool(m.get("readOnly"))))
+        binds.sort(key=lambda b: b[1].count("/"))  # parents before children
+        if self.k.dns_active and not self.pod["spec"].get("hostNetwork"):
+            binds.append((self.hosts_path, "/etc/hosts", False))  # last: above any overlay
+        if not binds:
+            return []
+        q = shlex.quote
+        mount, mkdir, touch = _tool("mount"), _tool("mkdir"), _tool("touch")
+        steps: list[str] = []
+        ancestors: list[str] = []
+        for _, target, _ in binds:
+            if os.path.lexists(target):
+                continue
+            parent = os.path.dirname(target)
+            while not os.path.isdir(parent):
+                parent = os.path.dirname(parent)
+            if parent == "/" or self.dir.is_relative_to(parent):
+                # An overlay there would hide the machine's mounts, or the kubelet's own files.
+                raise _MountError(
+                    f"cannot create mount point {target}: {parent} cannot be overlaid"
+                )
+            if any(ch in parent for ch in ",:\\"):
+                raise _MountError(f"cannot overlay {parent!r} (',', ':' or '\\' in the path)")
+            if parent not in ancestors:
+                ancestors.append(parent)
+        if ancestors:
+            # Mount points the machine lacks are created in a copy-on-write layer over their
+            # deepest existing ancestor; the upper layer is a tmpfs private to this namespace.
+            layers = self.dir / "ns"
+            steps.append(f"{mount} -t tmpfs tmpfs {q(str(layers))}")
+            points = mount_points()
+            for i, parent in enumerate(sorted(ancestors, key=lambda a: a.count("/"))):
+                stash, upper, work = (layers / f"{kind}{i}" for kind in ("stash", "up", "work"))
+                steps.append(f"{mkdir} -p {q(str(stash))} {q(str(upper))} {q(str(work))}")
+                # Submounts of the ancestor would be hidden by the overlay: keep them reachable
+                # through a recursive bind and put them back on top of it.
+                steps.append(f"{mount} --rbind {q(parent)} {q(str(stash))}")
+                options = f"lowerdir={parent},upperdir={upper},workdir={work}"
+                steps.append(f"{mount} -t overlay overlay -o {q(options)} {q(parent)}")
+                for point in points:
+                    if point.startswith(parent.rstrip("/") + "/"):
+                        rel = os.path.relpath(point, parent)
+                        steps.append(f"{mount} --bind {q(str(stash / rel))} {q(point)}")
+            layers.mkdir(parents=True, exist_ok=True)
+        for source, target, read_only in binds:
+            if not os.path.lexists(target):
+                if source.is_dir():
+                    steps.append(f"{mkdir} -p {q(target)}")
+                else:
+                    steps.append(f"{mkdir} -p {q(os.path.dirname(target))} && {touch} {q(target)}")
+            steps.append(f"{mount} --bind {q(str(source))} {q(target)}")
+            if read_only:
+                steps.append(f"{mount} -o remount,bind,ro {q(target)}")
+        return steps
 
     def _argv(self, c: _Container, pod_env: dict[str, str]) -> list[str]:
         command = c.spec.get("command")
@@ -655,6 +928,10 @@ class _PodWorker:
                         return 200 <= r.status < 400
             if "exec" in probe:
                 argv = probe["exec"].get("command") or []
+                if self.k.mount_ns and c.proc is not None:
+                    # Run the probe where the container runs: its hosts file and mounts.
+                    ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
+                    argv = [_tool("nsenter"), f"--target={c.proc.pid}", *ns_flags, "--", *argv]
                 run = functools.partial(
                     subprocess.run,
                     argv,
@@ -749,6 +1026,7 @@ class ProcessKubelet:
         *,
         node_name: str = "process-node",
         uts: bool = False,
+        service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
         base_env: dict[str, str] | None = None,
         max_grace_seconds: float = 5.0,
@@ -759,6 +1037,10 @@ class ProcessKubelet:
         self.workdir = Path(workdir)
         self.node_name = node_name
         self.uts = uts
+        self.service_dns = service_dns
+        self.mount_ns = False  # probed in start(): can containers get a mount namespace?
+        self._services: dict[tuple[str, str], Obj] = {}
+        self._services_synced = asyncio.Event()
         self.image_entrypoints = dict(image_entrypoints or {})
         self.base_env = dict(base_env or {})
         self.max_grace_seconds = max_grace_seconds
@@ -778,8 +1060,19 @@ class ProcessKubelet:
 
     # -------------------------------------------------------------- lifecycle (test thread)
 
+    @property
+    def dns_active(self) -> bool:
+        """Whether pods get the generated hosts file (asked for, and mounts are possible)."""
+        return self.service_dns and self.mount_ns
+
     def start(self) -> ProcessKubelet:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.mount_ns = mount_namespaces_work()
+        if self.service_dns and not self.mount_ns:
+            log.warning(
+                "process-kubelet: no mount namespaces here (needs root and util-linux): pods "
+                "get the machine's /etc/hosts, so Service names will not resolve"
+            )
         self._bg.start()
         self._bg.run(self._start())
         return self
@@ -818,6 +1111,7 @@ class ProcessKubelet:
 
     async def _start(self) -> None:
         self._synced = asyncio.Event()
+        self._services_synced = asyncio.Event()
         self._session = aiohttp.ClientSession(
             base_url=self.api_url,
             # The user agent lets the emulator's request counts leave kubelet traffic out.
@@ -826,7 +1120,10 @@ class ProcessKubelet:
         )
         port = await self._start_log_server()
         await self._register_node(port)
-        self._spawn(self._watch_pods())
+        if self.dns_active:
+            self._spawn(self._list_watch("/api/v1/services", self._on_services, self._on_service))
+            await asyncio.wait_for(self._services_synced.wait(), 10)
+        self._spawn(self._list_watch("/api/v1/pods", self._on_pods, self._on_pod))
         await asyncio.wait_for(self._synced.wait(), 10)
 
     async def _shutdown(self) -> None:
@@ -999,28 +1296,27 @@ class ProcessKubelet:
 
     # -------------------------------------------------------------- pod watch
 
-    async def _watch_pods(self) -> None:
+    async def _list_watch(
+        self,
+        path: str,
+        on_list: Callable[[list[Obj]], None],
+        on_event: Callable[[str, Obj], None],
+    ) -> None:
+        """List, then watch from the list's resourceVersion; relist when the watch expires."""
         rv: str | None = None
         assert self._session is not None
         while True:
             try:
                 if rv is None:
-                    code, body = await self._api("GET", "/api/v1/pods")
+                    code, body = await self._api("GET", path)
                     if code != 200:
-                        raise RuntimeError(f"listing pods failed: HTTP {code}")
+                        raise RuntimeError(f"listing {path} failed: HTTP {code}")
                     rv = body["metadata"]["resourceVersion"]
-                    seen = set()
-                    for pod in body["items"]:
-                        seen.add(pod["metadata"]["uid"])
-                        self._on_pod("ADDED", pod)
-                    for uid, w in list(self._workers.items()):
-                        if uid not in seen:
-                            w.on_removed()
-                    self._synced.set()
+                    on_list(body["items"])
                 params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "60"}
-                async with self._session.get("/api/v1/pods", params=params) as resp:
+                async with self._session.get(path, params=params) as resp:
                     if resp.status != 200:
-                        raise RuntimeError(f"watching pods failed: HTTP {resp.status}")
+                        raise RuntimeError(f"watching {path} failed: HTTP {resp.status}")
                     async for line in resp.content:
                         if not line.strip():
                             continue
@@ -1028,14 +1324,78 @@ class ProcessKubelet:
                         if ev["type"] == "ERROR":
                             rv = None  # expired: relist
                             break
-                        self._on_pod(ev["type"], ev["object"])
+                        if ev["type"] != "BOOKMARK":
+                            on_event(ev["type"], ev["object"])
                         rv = ev["object"]["metadata"]["resourceVersion"]
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("kubelet pod watch failed; relisting")
+                log.exception("kubelet watch of %s failed; relisting", path)
                 rv = None
                 await asyncio.sleep(0.2)
+
+    def _on_pods(self, pods: list[Obj]) -> None:
+        seen = set()
+        for pod in pods:
+            seen.add(pod["metadata"]["uid"])
+            self._on_pod("ADDED", pod)
+        for uid, w in list(self._workers.items()):
+            if uid not in seen:
+                w.on_removed()
+        self._synced.set()
+
+    # -------------------------------------------------------------- service DNS
+
+    def _on_services(self, services: list[Obj]) -> None:
+        self._services = {}
+        for svc in services:
+            self._services[(svc["metadata"]["namespace"], svc["metadata"]["name"])] = svc
+        self._services_synced.set()
+        self._refresh_hosts()
+
+    def _on_service(self, etype: str, svc: Obj) -> None:
+        key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
+        if etype == "DELETED":
+            self._services.pop(key, None)
+        else:
+            self._services[key] = svc
+        self._refresh_hosts()
+
+    def _refresh_hosts(self) -> None:
+        for w in list(self._workers.values()):
+            if w.hosts_path.exists():  # not before the pod's first container starts
+                w.write_hosts()
+
+    def _hosts_text(self, w: _PodWorker) -> str:
+        """What /etc/hosts says in pod ``w``: localhost, itself, every Service (loopback)."""
+        spec = w.pod["spec"]
+        own = [w.hostname]
+        if spec.get("subdomain"):
+            own.insert(0, f"{w.hostname}.{spec['subdomain']}.{w.ns}.svc.{CLUSTER_DOMAIN}")
+        if not self.uts:
+            # Without a UTS namespace the process sees the machine's hostname; Java resolves
+            # it at startup (InetAddress.getLocalHost) and fails if it is unknown.
+            machine = socket.gethostname()
+            if machine not in own:
+                own.append(machine)
+        lines = [*_HOSTS_HEAD, f"{POD_IP}\t{' '.join(own)}"]
+        aliases = spec.get("hostAliases") or []
+        if aliases:
+            lines.append("")
+            lines.append("# Entries added by HostAliases.")
+            lines += [f"{a['ip']}\t{' '.join(a.get('hostnames') or [])}" for a in aliases]
+        lines.append("")
+        lines.append("# Services of the cluster (process-kubelet: all on loopback).")
+        for (ns, name), svc in sorted(self._services.items()):
+            if (svc.get("spec") or {}).get("type") == "ExternalName":
+                continue  # a CNAME in real cluster DNS; a hosts file cannot say that
+            names = [f"{name}.{ns}.svc.{CLUSTER_DOMAIN}", f"{name}.{ns}.svc", f"{name}.{ns}"]
+            if ns == w.ns:
+                names.append(name)
+            lines.append(f"{POD_IP}\t{' '.join(names)}")
+        return "\n".join(lines) + "\n"
+
+    # -------------------------------------------------------------- pods
 
     def _on_pod(self, etype: str, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
