@@ -27,21 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-class StandInUser:
-    """The attributes of jupyterhub.user.User a spawner reads; no hub runs here."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.escaped_name = name
-        self.id = 1
-        self.url = f"/user/{name}/"
-        self.groups: list = []
-        self.server = None
-
-    def progress_url(self, server_name: str = "") -> str:
-        return f"/hub/api/users/{self.name}/server/progress"
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,6 +47,7 @@ async def run(cls_name: str, users: int, cluster) -> dict:
     from traitlets.config import Config
 
     from clusterhub.spawner.kube import KubeSpaceSpawner
+    from tests.kube import StandInUser
 
     cls = KubeSpaceSpawner if cls_name == "clusterhub" else KubeSpawner
     spawn_counts, stop_counts = Counter(), Counter()

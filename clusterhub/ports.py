@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -26,8 +27,6 @@ def port_is_free(host: str, port: int) -> bool:
 
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
     """Wait until something accepts connections on ``host:port``."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

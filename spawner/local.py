@@ -19,7 +19,7 @@ import os
 import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Float, Unicode, default
+from traitlets import Unicode, default
 
 from clusterhub import profiles as profile_rules
 from clusterhub.content import sync_content, workshop_source
@@ -45,10 +45,6 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
     @default("workshop_content")
     def _default_workshop_content(self):
         return workshop_source()
-
-    engine_stop_timeout = Float(
-        60.0, config=True, help="Seconds to wait for a space's engines to stop."
-    )
 
     @default("home_dir")
     def _default_home_dir(self):

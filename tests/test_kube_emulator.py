@@ -29,7 +29,7 @@ from kubernetes_asyncio.client.rest import ApiException  # noqa: E402
 from kubernetes_asyncio.watch import Watch  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import kube_options  # noqa: E402
+from tests.kube import StandInUser, kube_options  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.kube.fixtures import KubeCluster
@@ -657,21 +657,6 @@ def _environ(p: psutil.Process) -> dict[str, str]:
 # ------------------------------------------------------------------------------- KubeSpawner
 
 
-class _HubUser:
-    """The few attributes of jupyterhub.user.User that KubeSpawner reads (not under test)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.escaped_name = name
-        self.id = 7
-        self.url = f"/user/{name}/"
-        self.groups: list[Any] = []
-        self.server = None
-
-    def progress_url(self, server_name: str = "") -> str:
-        return f"/hub/api/users/{self.name}/server/progress"
-
-
 @pytest.mark.asyncio
 async def test_kubespawner_user_namespace_start_poll_stop(
     kube_api: KubeCluster, kube_client: Any
@@ -690,7 +675,11 @@ async def test_kubespawner_user_namespace_start_poll_stop(
     cfg.KubeSpawner.start_timeout = 30
     cfg.KubeSpawner.k8s_api_request_retry_timeout = 10
     spawner = KubeSpawner(
-        hub=Hub(), user=_HubUser("alice"), config=cfg, api_token="t0k3n", oauth_client_id="unused"
+        hub=Hub(),
+        user=StandInUser("alice"),
+        config=cfg,
+        api_token="t0k3n",
+        oauth_client_id="unused",
     )
     v1 = client.CoreV1Api(kube_client)
     try:

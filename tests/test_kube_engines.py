@@ -42,7 +42,7 @@ from clusterhub.spawner import kubeobjects as ko  # noqa: E402
 from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import kube_options  # noqa: E402
+from tests.kube import StandInUser, kube_options  # noqa: E402
 
 if TYPE_CHECKING:
     from clusterhub.spawner.kube import KubeSpaceSpawner
@@ -219,21 +219,6 @@ class Api:
         ]
 
 
-class HubUser:
-    """The few attributes of jupyterhub.user.User that KubeSpawner reads (no hub runs here)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.escaped_name = name
-        self.id = 11
-        self.url = f"/user/{name}/"
-        self.groups: list[Any] = []
-        self.server = None
-
-    def progress_url(self, server_name: str = "") -> str:
-        return f"/hub/api/users/{self.name}/server/progress"
-
-
 def make_spawner(username: str, profile: str) -> KubeSpaceSpawner:
     from jupyterhub.objects import Hub
     from traitlets.config import Config
@@ -257,7 +242,7 @@ def make_spawner(username: str, profile: str) -> KubeSpaceSpawner:
     section.start_timeout = 60
     section.namespace_delete_timeout = 60
     spawner = KubeSpaceSpawner(
-        hub=Hub(), user=HubUser(username), config=cfg, api_token="t", oauth_client_id="unused"
+        hub=Hub(), user=StandInUser(username), config=cfg, api_token="t", oauth_client_id="unused"
     )
     spawner.user_options = {"profile": profile, "workers": 1}
     return spawner

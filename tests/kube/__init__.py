@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from .emulator import ApiError, KubeEmulator
 from .kubelet import ProcessKubelet
 
-__all__ = ["ApiError", "KubeEmulator", "ProcessKubelet", "kube_options"]
+__all__ = ["ApiError", "KubeEmulator", "ProcessKubelet", "StandInUser", "kube_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,3 +45,19 @@ def kube_options(**options: Any) -> Callable[[F], F]:
         return fn
 
     return decorate
+
+
+class StandInUser:
+    """The attributes of jupyterhub.user.User a spawner reads, for spawners driven in-process
+    without a hub (the user object is not what those tests examine)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.escaped_name = name
+        self.id = 1
+        self.url = f"/user/{name}/"
+        self.groups: list[Any] = []
+        self.server = None
+
+    def progress_url(self, server_name: str = "") -> str:
+        return f"/hub/api/users/{self.name}/server/progress"
