@@ -18,3 +18,13 @@ _PARTS = ("spawner", "gateway", "labextension")
 _checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if all(os.path.isfile(os.path.join(_checkout_root, part, "__init__.py")) for part in _PARTS):
     __path__.append(_checkout_root)  # type: ignore[name-defined]  # noqa: F821
+
+
+def __getattr__(name: str) -> type:
+    # `from clusterhub import ClustersWidget` in a notebook; imported on first use so that
+    # importing clusterhub (the hub, the spawner, the engines) never needs ipywidgets.
+    if name == "ClustersWidget":
+        from clusterhub.labextension.widget import ClustersWidget
+
+        return ClustersWidget
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
