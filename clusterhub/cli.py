@@ -60,7 +60,64 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an extra JupyterHub config file (Python), loaded after clusterhub's own",
     )
+    _add_build(commands)
     return parser
+
+
+def _add_build(commands) -> None:
+    build = commands.add_parser(
+        "build",
+        help="rebuild the notebook and cluster environment from a Binder-style repository",
+        description="Build the environment of notebooks and engines from a repository in "
+        "repo2docker conventions (requirements.txt, environment.yml, apt.txt, postBuild, "
+        "start, or a binder/ folder). Local mode makes a new environment under the data dir "
+        "that new servers use; Kubernetes mode builds the notebook and cluster images.",
+    )
+    build.add_argument("source", metavar="SOURCE", help="a local directory or a Git URL")
+    build.add_argument(
+        "--ref", default="", help="the Git branch, tag or commit to build (default: HEAD)"
+    )
+    build.add_argument(
+        "--mode",
+        choices=("local", "kubernetes"),
+        default="local",
+        help="local: a new environment for `clusterhub up` (default); kubernetes: images",
+    )
+    build.add_argument(
+        "--data-dir",
+        default=None,
+        help="local mode: the platform's data dir (default: ~/.clusterhub)",
+    )
+    build.add_argument(
+        "--notebook-image",
+        default="clusterhub/notebook:latest",
+        help="kubernetes mode: the image the notebook image is built on "
+        "(default: clusterhub/notebook:latest, from images/build.sh)",
+    )
+    build.add_argument(
+        "--cluster-image",
+        default="clusterhub/cluster:latest",
+        help="kubernetes mode: the image whose command and settings the cluster image keeps "
+        "(default: clusterhub/cluster:latest)",
+    )
+    build.add_argument(
+        "--image-prefix",
+        default="clusterhub",
+        help="kubernetes mode: the new images are PREFIX/notebook:TAG and PREFIX/cluster:TAG "
+        "(default: clusterhub)",
+    )
+    build.add_argument(
+        "--tag",
+        default="",
+        help="kubernetes mode: the tag of both images (default: derived from the repository's "
+        "commit or content)",
+    )
+    build.add_argument(
+        "--values-file",
+        default="",
+        metavar="FILE",
+        help="kubernetes mode: also write the Helm values that roll the images out to FILE",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"clusterhub up: error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "build":
+        from .build.command import run_build
+
+        return run_build(args)
     return 2
 
 

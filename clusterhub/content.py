@@ -52,9 +52,12 @@ def _digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _content_files(source: str):
+def _content_files(source: str, exclude: tuple[str, ...] = ()):
     for dirpath, dirnames, filenames in os.walk(source):
-        dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_NAMES)
+        top = dirpath == source
+        dirnames[:] = sorted(
+            d for d in dirnames if d not in IGNORED_NAMES and not (top and d in exclude)
+        )
         for name in sorted(filenames):
             if name in IGNORED_NAMES:
                 continue
@@ -69,11 +72,15 @@ def _beside(path: str) -> str:
     return f"{stem}.workshop-update{suffix}"
 
 
-def sync_content(source: str, home: str, manifest_path: str) -> SyncReport:
-    """Merge ``source`` into ``home`` one-way; see the module docstring for the rules."""
+def sync_content(
+    source: str, home: str, manifest_path: str, exclude: tuple[str, ...] = ()
+) -> SyncReport:
+    """Merge ``source`` into ``home`` one-way; see the module docstring for the rules.
+
+    ``exclude``: top-level folders that are not content (a repository's ``binder/``)."""
     delivered: dict[str, str] = read_json(manifest_path, default={}) or {}
     report = SyncReport()
-    for rel in _content_files(source):
+    for rel in _content_files(source, exclude):
         src = os.path.join(source, rel)
         dst = os.path.join(home, rel)
         new_digest = _digest(src)

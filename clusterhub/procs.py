@@ -121,24 +121,35 @@ def _terminate_processes(procs: list[psutil.Process], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def find_marked(marker: str, value: str) -> list[psutil.Process]:
-    """Every process (but this one) whose environment has ``marker=value``."""
+def find_marked(marker: str, value: str, cwd_under: str | None = None) -> list[psutil.Process]:
+    """Every process (but this one) whose environment has ``marker=value``.
+
+    With ``cwd_under``, also every process working inside that directory: a process that
+    took on its environment after it started (a warm interpreter, see
+    ``clusterhub.gateway.warm_pool``) shows the kernel its starting environment only, but
+    its working directory is always current.
+    """
     found = []
     me = os.getpid()
+    inside = os.path.join(os.path.abspath(cwd_under), "") if cwd_under else None
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(marker) == value and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(marker) == value or (
+                inside is not None and os.path.join(proc.cwd(), "").startswith(inside)
+            ):
                 found.append(proc)
         except psutil.Error:
             continue
     return found
 
 
-def sweep(marker: str, value: str, timeout: float = 5.0) -> int:
-    """Stop every process marked ``marker=value``; returns how many there were."""
-    procs = find_marked(marker, value)
+def sweep(marker: str, value: str, timeout: float = 5.0, cwd_under: str | None = None) -> int:
+    """Stop every process marked ``marker=value`` (or working under ``cwd_under``); count them."""
+    procs = find_marked(marker, value, cwd_under)
     _terminate_processes(procs, timeout)
     return len(procs)
 

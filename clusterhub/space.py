@@ -103,16 +103,26 @@ class LocalSpace:
         write_json_atomic(self.state_file, state)
         return state
 
+    def environment(self):
+        """The Python environment this space's processes run in: the one recorded at the last
+        spawn (see :mod:`clusterhub.build.environments`), else the platform's own."""
+        from .build.environments import Environment, platform_environment
+
+        recorded = self.read_state().get("environment")
+        return Environment.from_dict(recorded) if recorded else platform_environment()
+
     def is_active(self) -> bool:
         """Whether the user's server is running (the gateway reaps clusters of inactive spaces)."""
         return bool(self.read_state().get("active"))
 
     def processes(self) -> list:
-        return procs.find_marked(procs.SPACE_MARKER, os.path.abspath(self.root))
+        root = os.path.abspath(self.root)
+        return procs.find_marked(procs.SPACE_MARKER, root, cwd_under=root)
 
     def sweep(self) -> int:
         """Stop every remaining process of this space; returns how many were found."""
-        return procs.sweep(procs.SPACE_MARKER, os.path.abspath(self.root))
+        root = os.path.abspath(self.root)
+        return procs.sweep(procs.SPACE_MARKER, root, cwd_under=root)
 
 
 def space_from_env(environ: dict[str, str] | None = None) -> LocalSpace | None:

@@ -130,7 +130,10 @@ build base base --build-arg "BASE_IMAGE=$base_image"
 # -- the wheelhouse: every dependency as a wheel, built once by the base image's own Python -
 # (pyspark alone is a 456 MB sdist that takes a minute to build). The images then install
 # from it with no index and no cache mount, and the wheels never end up in an image layer.
-requirement="clusterhub[spark,kubernetes] @ file:///dist/$wheel"
+requirement="clusterhub[spark,kubernetes,dataframe] @ file:///dist/$wheel"
+# Never our own wheel: it keeps its version between builds, and pip would take a stale copy
+# from here (with the old dependencies) instead of the one just built.
+rm -f "$wheelhouse"/clusterhub-*.whl
 cache_args=()
 [ -z "$pip_cache" ] || { mkdir -p "$pip_cache"; cache_args=(-v "$pip_cache:/pip-cache" -e PIP_CACHE_DIR=/pip-cache); }
 run wheelhouse "$docker" run --rm --network host --user "$(id -u):$(id -g)" -e HOME=/tmp \

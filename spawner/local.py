@@ -4,7 +4,10 @@ All users run as the platform's own account (like JupyterHub's
 SimpleLocalProcessSpawner, which this extends): this is the "one machine is all
 you need" mode for a workshop, not a multi-tenant security boundary.
 
-On start: create the space, merge the workshop content into the home, prepare
+On start: create the space, record which Python environment it runs in (the current
+``clusterhub build``, else the platform's own: the notebook, its kernels, its gateway
+clusters and engines all use it until the server restarts, even if a new build becomes
+current meanwhile), merge that build's workshop content into the home, prepare
 the profile's engines so the notebook's environment already points at them,
 start the notebook, then start the engines in the background (a slow Spark
 worker must not delay the notebook). On stop: mark the space inactive, stop the
@@ -16,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Unicode, default
+from traitlets import Bool, Unicode, default
 
 from clusterhub import profiles as profile_rules
+from clusterhub.build.environments import (
+    Environment,
+    current_environment,
+    platform_environment,
+)
 from clusterhub.content import sync_content, workshop_source
 from clusterhub.engines import Engine, EngineError, local_engine
 from clusterhub.gateway.client import stop_user_clusters
@@ -37,14 +44,18 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
     )
 
     workshop_content = Unicode(
+        "",
         config=True,
         help="""A directory merged into every home on each start (new files arrive,
-        a user's edits are never overwritten). Empty to deliver nothing.""",
+        a user's edits are never overwritten). Empty (the default): the repository of the
+        current `clusterhub build`, else the workshop shipped with clusterhub.""",
     )
 
-    @default("workshop_content")
-    def _default_workshop_content(self):
-        return workshop_source()
+    deliver_workshop_content = Bool(
+        True,
+        config=True,
+        help="Whether to merge workshop content into homes at all.",
+    )
 
     @default("home_dir")
     def _default_home_dir(self):
@@ -70,11 +81,31 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         ]
 
     # -- environment --------------------------------------------------------------------------
+    def spawn_environment(self) -> Environment:
+        """The environment a server starting now gets: the current build's, read once."""
+        return current_environment(self.data_dir) or platform_environment()
+
+    def content_source(self, environment: Environment) -> tuple[str, tuple[str, ...]]:
+        """The directory merged into the home, and its top-level folders that are not content."""
+        if self.workshop_content:
+            return self.workshop_content, ()
+        if environment.content:
+            return environment.content, environment.content_exclude
+        return workshop_source(), ()
+
+    def notebook_command(self, environment: Environment) -> list[str]:
+        """``cmd`` from the environment's bin/, wrapped by the repository's ``start`` script
+        if it has one (repo2docker runs the server as ``start <command>`` too)."""
+        if not hasattr(self, "_configured_cmd"):
+            self._configured_cmd = list(self.cmd)
+        command = environment.rebase_command(self._configured_cmd)
+        return [environment.start, *command] if environment.start else command
+
     def get_env(self):
         env = super().get_env()
         space = self.space
         env.update(space.marker_env())
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        env.update(space.environment().process_env(env.get("PATH", "")))
         env.update(self.gateway_env())
         for engine in self.engines(self.space_options()):
             env.update(engine.client_env())
@@ -91,9 +122,15 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         options = self.space_options()
         space = self.space
         space.create()
-        if self.workshop_content:
+        environment = self.spawn_environment()
+        # Recorded first: the engines, the gateway and get_env() read it from the space.
+        space.write_state(environment=environment.to_dict())
+        self.cmd = self.notebook_command(environment)
+        self.log.info("Server of %s uses environment %s", self.user.name, environment.name)
+        if self.deliver_workshop_content:
+            source, exclude = self.content_source(environment)
             report = await asyncio.to_thread(
-                sync_content, self.workshop_content, space.home, space.path("content.json")
+                sync_content, source, space.home, space.path("content.json"), exclude
             )
             self.log.info(
                 "Workshop content for %s: %d added, %d updated, %d kept as the user's",

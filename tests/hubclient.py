@@ -40,7 +40,8 @@ def free_port() -> int:
 
 
 def marked_processes(marker: str, value: str) -> list[psutil.Process]:
-    return find_marked(marker, value)
+    # A space's marker is its directory; processes working in it belong to it too.
+    return find_marked(marker, value, cwd_under=value if marker == "CLUSTERHUB_SPACE" else None)
 
 
 class RunningPlatform:

@@ -57,3 +57,16 @@ def test_a_deleted_file_comes_back_and_a_directory_in_the_way_is_left_alone(tmp_
     assert report.kept == ["d"] and os.path.isdir(home / "d")
     os.unlink(home / "a.ipynb")
     assert sync_content(str(source), str(home), str(manifest)).added == ["a.ipynb"]
+
+
+def test_an_excluded_top_level_folder_is_not_content(tmp_path):
+    """A repository's binder/ folder holds its environment, not workshop material; a folder
+    of that name deeper down is content like any other."""
+    source, home, manifest = tmp_path / "repo", tmp_path / "home", tmp_path / "m.json"
+    write(source / "binder" / "requirements.txt", "dask")
+    write(source / "binder" / "postBuild", "echo")
+    write(source / "lesson" / "binder" / "notes.md", "deep")
+    write(source / "a.ipynb", "a")
+    report = sync_content(str(source), str(home), str(manifest), exclude=("binder",))
+    assert sorted(report.added) == ["a.ipynb", os.path.join("lesson", "binder", "notes.md")]
+    assert not os.path.exists(home / "binder")

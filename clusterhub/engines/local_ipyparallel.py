@@ -8,7 +8,6 @@ the notebook gets ``IPYTHONDIR`` pointing at the same directory, so
 from __future__ import annotations
 
 import os
-import sys
 
 from .. import procs
 from ..space import LocalSpace, read_json, write_json_atomic
@@ -47,16 +46,16 @@ class LocalIPyParallelEngine(Engine):
         write_json_atomic(self._state_file, state)
 
     def _env(self) -> dict[str, str]:
-        env = {
-            k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV") if k in os.environ
-        }
+        env = {k: os.environ[k] for k in ("LANG", "LC_ALL") if k in os.environ}
+        env.update(self.space.environment().process_env())
         env.update(self.space.marker_env())
         env.update({"HOME": self.space.path("ipyparallel"), "IPYTHONDIR": self.ipython_dir})
         return env
 
     def _launch(self, args: list[str], log_name: str) -> procs.ProcessRecord:
         return procs.launch_detached(
-            [sys.executable, "-m", *args],
+            # The space's environment (recorded at spawn), as the notebook's kernels use.
+            [self.space.environment().python, "-m", *args],
             env=self._env(),
             cwd=self.space.path("ipyparallel"),
             log_path=self.space.path("ipyparallel", "logs", log_name),

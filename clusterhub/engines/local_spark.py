@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,12 +89,14 @@ class LocalSparkEngine(Engine):
         except (FileNotFoundError, ValueError, procs.psutil.Error):
             return None
 
+    @property
+    def python(self) -> str:
+        """The Python of the space's environment: executors run the driver's Python."""
+        return self.space.environment().python
+
     def _env(self) -> dict[str, str]:
-        env = {
-            key: os.environ[key]
-            for key in ("PATH", "LANG", "LC_ALL", "JAVA_HOME", "VIRTUAL_ENV")
-            if key in os.environ
-        }
+        env = {key: os.environ[key] for key in ("LANG", "LC_ALL", "JAVA_HOME") if key in os.environ}
+        env.update(self.space.environment().process_env())
         env.update(self.space.marker_env())
         env.update(
             {
@@ -112,7 +113,7 @@ class LocalSparkEngine(Engine):
                 # keep them inside the space, which is removed with it.
                 "SPARK_DAEMON_JAVA_OPTS": f"-Djava.io.tmpdir={self._dir('tmp')}",
                 "SPARK_LOCAL_DIRS": self._dir("tmp"),
-                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_PYTHON": self.python,
             }
         )
         return env
@@ -139,7 +140,7 @@ class LocalSparkEngine(Engine):
             "spark.driver.bindAddress": self.host,
             "spark.executor.cores": str(state["worker_cores"]),
             "spark.executor.memory": f"{max(1, state['worker_memory_gib']) * 1024 - 384}m",
-            "spark.pyspark.python": sys.executable,
+            "spark.pyspark.python": self.python,
             "spark.ui.showConsoleProgress": "false",
             "spark.local.dir": self._dir("tmp"),
             "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
@@ -289,7 +290,7 @@ class LocalSparkEngine(Engine):
         env = {
             "SPARK_CONF_DIR": self._dir("conf"),
             "SPARK_LOCAL_IP": self.host,
-            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_PYTHON": self.python,
         }
         if state:
             env["SPARK_MASTER_URL"] = state["master_url"]

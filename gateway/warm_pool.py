@@ -1,0 +1,159 @@
+"""Interpreters kept ready to become Dask schedulers and workers (see ``warm_interpreter``).
+
+A cold ``dask scheduler`` or ``dask worker`` spends about a second importing before it
+does anything; a warm interpreter has done that already, so handing it the command saves
+that second for the scheduler and for every worker's nanny, which is most of the time a
+personal cluster takes to be ready.
+
+The pool only serves ``<env>/bin/dask scheduler|worker ...`` commands, and only for the
+Python environment it was warmed for: the first such command names the environment, and a
+command from another environment (after ``clusterhub build``, a user still on the previous
+one) starts cold and retargets the pool. Whatever the pool cannot serve, the caller starts
+the ordinary way.
+
+Warm interpreters start with a minimal environment: only what decides how Python starts and
+where Dask looks for configuration (the fingerprint below) plus the platform marker; the
+rest of the command's environment, secrets included, arrives with the assignment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+from clusterhub import procs
+
+# Variables read while Python starts or while Dask is imported, which the assignment cannot
+# change afterwards: a warm interpreter only serves commands that agree on them.
+FINGERPRINT_VARIABLES = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSAFEPATH",
+    "DASK_CONFIG",
+    "DASK_ROOT_CONFIG",
+)
+# Enough to run an interpreter; kept so that locale-dependent output looks the same.
+BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
+
+Fingerprint = tuple[str, tuple[str, ...]]
+
+
+def fingerprint(cmd: list[str], env: Mapping[str, str]) -> Fingerprint | None:
+    """The environment a warm interpreter needs to run ``cmd``, or None if it cannot serve it."""
+    if len(cmd) < 2 or os.path.basename(cmd[0]) != "dask" or cmd[1] not in ("scheduler", "worker"):
+        return None
+    python = os.path.join(os.path.dirname(cmd[0]), "python")
+    if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        return None
+    return python, tuple(env.get(name, "") for name in FINGERPRINT_VARIABLES)
+
+
+class WarmInterpreterPool:
+    """Up to ``size`` interpreters importing (or done importing) Dask, for one environment."""
+
+    def __init__(self, size: int, workdir: str, log: logging.Logger | None = None) -> None:
+        self.size = size
+        self.workdir = workdir
+        self.log = log or logging.getLogger(__name__)
+        self._target: Fingerprint | None = None
+        self._idle: list[asyncio.subprocess.Process] = []
+        self._closed = False
+
+    async def warm(self, cmd: list[str], env: Mapping[str, str]) -> None:
+        """Aim the pool at the environment of ``cmd`` and fill it."""
+        target = fingerprint(cmd, env)
+        if target is not None:
+            await self._retarget(target)
+            await self._fill()
+
+    async def start(
+        self, cmd: list[str], env: Mapping[str, str], cwd: str, log_path: str
+    ) -> int | None:
+        """Run ``cmd`` in a warm interpreter and return its pid; None if none can serve it."""
+        if self._closed or self.size <= 0:
+            return None
+        target = fingerprint(cmd, env)
+        if target is None:
+            return None
+        if target != self._target:
+            await self._retarget(target)
+            await self._fill()
+            return None  # the new ones are no further along than a cold start
+        pid = None
+        while self._idle and pid is None:
+            proc = self._idle.pop(0)
+            pid = await self._assign(proc, cmd, env, cwd, log_path)
+        await self._fill()
+        return pid
+
+    async def close(self) -> None:
+        """Stop every interpreter still waiting for an assignment."""
+        self._closed = True
+        await self._stop_idle()
+
+    async def _assign(
+        self,
+        proc: asyncio.subprocess.Process,
+        cmd: list[str],
+        env: Mapping[str, str],
+        cwd: str,
+        log_path: str,
+    ) -> int | None:
+        job = {"argv": ["dask", *cmd[1:]], "env": dict(env), "cwd": cwd, "log": log_path}
+        if proc.returncode is not None or proc.stdin is None:
+            return None
+        try:
+            proc.stdin.write(json.dumps(job).encode() + b"\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            # It died while importing (a broken environment): the cold start will say why.
+            return None
+        return proc.pid
+
+    async def _retarget(self, target: Fingerprint) -> None:
+        if target != self._target:
+            await self._stop_idle()
+            self._target = target
+
+    async def _fill(self) -> None:
+        if self._closed or self._target is None:
+            return
+        self._idle = [p for p in self._idle if p.returncode is None]
+        while len(self._idle) < self.size:
+            try:
+                self._idle.append(await self._spawn(self._target))
+            except OSError as exc:
+                self.log.warning("Cannot start a warm interpreter (%s); starting cold", exc)
+                return
+
+    async def _spawn(self, target: Fingerprint) -> asyncio.subprocess.Process:
+        python, values = target
+        env = {name: os.environ[name] for name in BASE_VARIABLES if name in os.environ}
+        env.update({k: v for k, v in zip(FINGERPRINT_VARIABLES, values, strict=True) if v})
+        return await asyncio.create_subprocess_exec(
+            python,
+            "-m",
+            "clusterhub.gateway.warm_interpreter",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+
+    async def _stop_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for proc in idle:
+            if proc.returncode is None and proc.stdin is not None:
+                proc.stdin.close()  # no assignment: it exits on its own
+        for proc in idle:
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
