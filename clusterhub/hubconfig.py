@@ -180,3 +180,8 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
         if os.environ.get(GATEWAY_TOKEN_ENV):
             service["api_token"] = os.environ[GATEWAY_TOKEN_ENV]
         c.JupyterHub.services.append(service)
+        # The gateway bounds a cluster by the profile its owner's server runs with, and
+        # refuses clusters to users without a running server: it reads users' servers.
+        c.JupyterHub.load_roles.append(
+            {"name": "dask-gateway", "scopes": ["read:servers"], "services": [GATEWAY_SERVICE]}
+        )

@@ -26,17 +26,25 @@ def dask_command(subcommand: str) -> list[str]:
 
 def configure_gateway(c, settings: PlatformSettings) -> None:
     """Fill traitlets config ``c`` for dask-gateway-server from the platform settings."""
+    c.Proxy.prefix = GATEWAY_PREFIX
+    c.DaskGateway.authenticator_class = "clusterhub.gateway.auth.HubAuthenticator"
+    # JupyterHub hands a managed service its token and API URL in the environment (the
+    # Helm chart sets the same variables in the gateway pod).
+    c.HubAuthenticator.jupyterhub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    c.HubAuthenticator.jupyterhub_api_url = os.environ.get(
+        "JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub_port}/hub/api"
+    )
+    c.ClusterConfig.idle_timeout = 1800.0
+    if settings.mode == "kubernetes":
+        _configure_kubernetes(c, settings)
+    else:
+        _configure_local(c, settings)
+
+
+def _configure_local(c, settings: PlatformSettings) -> None:
     c.DaskGateway.address = f"127.0.0.1:{settings.gateway_api_port}"
     c.Proxy.address = f"127.0.0.1:{settings.gateway_http_port}"
     c.Proxy.tcp_address = f"127.0.0.1:{settings.gateway_tcp_port}"
-    c.Proxy.prefix = GATEWAY_PREFIX
-
-    c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
-    # JupyterHub hands a managed service its token and API URL in the environment.
-    c.JupyterHubAuthenticator.jupyterhub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-    c.JupyterHubAuthenticator.jupyterhub_api_url = os.environ.get(
-        "JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub_port}/hub/api"
-    )
 
     c.DaskGateway.backend_class = "clusterhub.gateway.local.LocalSpaceBackend"
     c.LocalSpaceBackend.data_dir = settings.data_dir
@@ -55,5 +63,44 @@ def configure_gateway(c, settings: PlatformSettings) -> None:
 
     c.ClusterConfig.scheduler_cmd = dask_command("scheduler")
     c.ClusterConfig.worker_cmd = dask_command("worker")
-    c.ClusterConfig.idle_timeout = 1800.0
     c.ClusterConfig.scheduler_memory = "512 M"
+
+
+def _configure_kubernetes(c, settings: PlatformSettings) -> None:
+    """The gateway pod of the Helm chart: clusters in their owner's namespace.
+
+    The chart writes the ``kubernetes`` settings (see :mod:`clusterhub.hubconfig`) the hub
+    reads too, so the gateway names namespaces and bounds options exactly as the spawner.
+    """
+    kube = settings.kubernetes
+    # The pod's own port: the private API on loopback, the proxy (HTTP and TLS) for others.
+    c.DaskGateway.address = f"127.0.0.1:{settings.gateway_api_port}"
+    c.Proxy.address = f"{settings.ip}:{settings.gateway_http_port}"
+    c.Proxy.tcp_address = f"{settings.ip}:{settings.gateway_tcp_port}"
+
+    c.DaskGateway.backend_class = "clusterhub.gateway.kube.KubeSpaceBackend"
+    backend = c.KubeSpaceBackend
+    os.makedirs(settings.path("gateway"), exist_ok=True)
+    backend.db_url = "sqlite:///" + settings.path("gateway", "gateway.sqlite")
+    backend.db_encrypt_keys = [settings.gateway_encrypt_key]
+    # Clusters outlive a gateway restart (an upgrade, a rescheduled pod): the database on
+    # the gateway's volume resumes them. They end with their owner's space instead.
+    backend.stop_clusters_on_shutdown = False
+    # Schedulers reach the gateway API through its Service, as notebooks do.
+    if kube.get("gateway_url"):
+        backend.api_url = kube["gateway_url"].rstrip("/") + "/api"
+    backend.hub_name = kube.get("hub_name", "clusterhub")
+    backend.hub_namespace = kube["hub_namespace"]
+    backend.namespace_prefix = kube.get("namespace_prefix", "clusterhub-")
+    if kube.get("profiles"):
+        backend.profiles = kube["profiles"]
+    backend.hub_api_url = os.environ.get(
+        "JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub_port}/hub/api"
+    )
+    backend.hub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+    c.KubeSpaceClusterConfig.image = kube["cluster_image"]
+    c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
+    # What the space's quota counts for a coordinator (clusterhub.spawner.kubespace).
+    c.ClusterConfig.scheduler_cores = 1
+    c.ClusterConfig.scheduler_memory = "1 G"

@@ -53,37 +53,41 @@ def profile_limits(space: LocalSpace) -> dict:
     return state["limits"]
 
 
+def bounded_options(limits: dict) -> Options:
+    """The Options a user may set, bounded by their profile's ``limits`` (its maxima)."""
+    max_workers = int(limits["workers"])
+
+    def handler(options):
+        return {
+            "worker_cores": options.worker_cores,
+            "worker_threads": options.worker_cores,
+            "worker_memory": int(options.worker_memory * GIB),
+            "cluster_max_workers": max_workers,
+        }
+
+    return Options(
+        BoundedInteger(
+            "worker_cores",
+            default=1,
+            min=1,
+            max=int(limits["worker_cores"]),
+            label="Worker cores",
+        ),
+        BoundedFloat(
+            "worker_memory",
+            default=1.0,
+            min=0.5,
+            max=float(limits["worker_memory_gib"]),
+            label="Worker memory (GiB)",
+        ),
+        handler=handler,
+    )
+
+
 def make_cluster_options(space_for: Callable[[str], LocalSpace]) -> Callable:
     """A ``cluster_options`` callable for the gateway: per-user Options from their profile."""
 
     def cluster_options(user) -> Options:
-        limits = profile_limits(space_for(user.name))
-        max_workers = int(limits["workers"])
-
-        def handler(options):
-            return {
-                "worker_cores": options.worker_cores,
-                "worker_threads": options.worker_cores,
-                "worker_memory": int(options.worker_memory * GIB),
-                "cluster_max_workers": max_workers,
-            }
-
-        return Options(
-            BoundedInteger(
-                "worker_cores",
-                default=1,
-                min=1,
-                max=int(limits["worker_cores"]),
-                label="Worker cores",
-            ),
-            BoundedFloat(
-                "worker_memory",
-                default=1.0,
-                min=0.5,
-                max=float(limits["worker_memory_gib"]),
-                label="Worker memory (GiB)",
-            ),
-            handler=handler,
-        )
+        return bounded_options(profile_limits(space_for(user.name)))
 
     return cluster_options

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helmtools import find_helm
 
+from clusterhub.gateway.kubeobjects import GATEWAY_RBAC_RULES
 from clusterhub.profiles import DEFAULT_PROFILES, validate_profiles
 from clusterhub.settings import PlatformSettings
 from clusterhub.spawner import kubeobjects as ko
@@ -648,7 +649,7 @@ def test_hub_pod(rendered):
     assert {"name": "http", "containerPort": 8081} in container["ports"]
     pod = hub["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    pvc = _one(objects, "PersistentVolumeClaim")
+    pvc = _one(objects, "PersistentVolumeClaim", f"{RELEASE}-clusterhub-hub-db")
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     sa = _one(objects, "ServiceAccount", pod["serviceAccountName"])
     binding = next(
@@ -710,11 +711,47 @@ def test_gateway_pod_rbac_and_service(rendered):
         b for b in objects if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa
     )
     role = _one(objects, "ClusterRole", binding["roleRef"]["name"])
-    rules = {(tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
-    assert rules == {
-        (("pods", "services", "secrets"), ("create", "delete", "get", "list", "watch")),
-        (("namespaces",), ("get", "list", "watch")),
+    # The rules the Kubernetes backend needs, and no more (no reading of Secrets).
+    assert role["rules"] == GATEWAY_RBAC_RULES
+    # Its database lives on a volume, so a restarted gateway resumes running clusters.
+    volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+    assert _one(objects, "PersistentVolumeClaim", claim)["spec"]["resources"] == {
+        "requests": {"storage": "1Gi"}
     }
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == settings["data_dir"]
+
+
+def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_path, monkeypatch):
+    """The config module the gateway pod loads, fed the chart's settings: clusters go into
+    user namespaces named as the spawner names them, bounded by the chart's profiles."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.settings import PlatformSettings
+
+    settings = _settings(rendered("default"))
+    settings["data_dir"] = str(tmp_path)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    c = Config()
+    configure_gateway(c, PlatformSettings.load(str(path)))
+    assert c.DaskGateway.backend_class == "clusterhub.gateway.kube.KubeSpaceBackend"
+    assert c.DaskGateway.authenticator_class == "clusterhub.gateway.auth.HubAuthenticator"
+    backend = c.KubeSpaceBackend
+    assert backend.hub_namespace == NAMESPACE
+    assert backend.namespace_prefix == settings["kubernetes"]["namespace_prefix"]
+    assert backend.hub_name == settings["kubernetes"]["hub_name"]
+    assert backend.profiles == settings["kubernetes"]["profiles"]
+    assert backend.stop_clusters_on_shutdown is False
+    assert backend.api_url == (
+        f"http://dask-gateway.{NAMESPACE}.svc:8000/services/dask-gateway/api"
+    )
+    assert backend.hub_api_url == "http://hub:8081/hub/api"
+    assert c.KubeSpaceClusterConfig.image == settings["kubernetes"]["cluster_image"]
+    assert c.Proxy.address == ":8000" and c.Proxy.tcp_address == ":8786"
 
 
 def test_hub_pods_carry_the_labels_user_namespaces_select(rendered):
@@ -784,7 +821,9 @@ def test_network_policies(rendered):
 
 def test_enterprise_database_ingress_and_registry(rendered):
     objects = rendered("enterprise")
-    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    # The hub's database is external; only the gateway keeps its own on a volume.
+    claims = [o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert claims == [f"{RELEASE}-clusterhub-gateway-db"]
     hub = _by_component(objects, "Deployment", "hub")
     container = _container(hub, "hub")
     env = _env(container)
@@ -931,6 +970,10 @@ BAD_VALUES = {
     "admin-password-short": ({"hub": {"adminPassword": "secret"}}, "hub.adminPassword"),
     "unknown-key": ({"hub": {"workshopcode": "typo-typo"}}, "'workshopcode' not allowed"),
     "encrypt-key-not-fernet": ({"gateway": {"encryptKey": "not-a-key"}}, "/gateway/encryptKey"),
+    "gateway-volume-size": (
+        {"gateway": {"persistence": {"size": "lots"}}},
+        "/gateway/persistence/size",
+    ),
     "placeholders-negative": (
         {"placeholders": {"enabled": True, "count": -1}},
         "/placeholders/count",

@@ -45,6 +45,16 @@ def _dask_worker(env, host, args):
     return [_dask(), "worker", address, "--host", host, "--dashboard-address", f"{host}:0", *args]
 
 
+def _dask_gateway_scheduler(env, host, args):
+    # A Dask Gateway cluster's scheduler: the gateway chooses every option (TLS, ports, its
+    # preload that reports to it), so they pass through unchanged.
+    return [_dask(), "scheduler", *args]
+
+
+def _dask_gateway_worker(env, host, args):
+    return [_dask(), "worker", *args]
+
+
 def _spark_master(env, host, args):
     return [
         _spark_class(),
@@ -81,6 +91,8 @@ def _ipengine(env, host, args):
 MODES: dict[str, Callable[[Mapping[str, str], str, list[str]], list[str]]] = {
     "dask-scheduler": _dask_scheduler,
     "dask-worker": _dask_worker,
+    "dask-gateway-scheduler": _dask_gateway_scheduler,
+    "dask-gateway-worker": _dask_gateway_worker,
     "spark-master": _spark_master,
     "spark-worker": _spark_worker,
     "ipcontroller": _ipcontroller,
