@@ -41,6 +41,7 @@ from .errors import (
     worker_count,
 )
 from .ipyparallel_records import IPyParallelRecords
+from .kube_engines import KubeSpace, kube_engine, kube_space_from_env
 from .spark_records import SparkRecords
 
 __all__ = [
@@ -64,18 +65,24 @@ LOCAL_CLUSTER_NAME = "default"
 class Clusters:
     """List and change the clusters of one user's space, and read their task records.
 
-    ``space``: the user's space; by default the one named by ``CLUSTERHUB_SPACE``.
+    ``space``: the user's space; by default the one named by ``CLUSTERHUB_SPACE`` or, in a
+    notebook pod on Kubernetes, its namespace (``CLUSTERHUB_NAMESPACE``).
     ``gateway``: a ``dask_gateway.Gateway`` or a function making one; by default
     ``Gateway()`` configured by ``DASK_GATEWAY__*``.
-    ``engine_factory``: makes the Spark/IPyParallel engine of a space (local by default).
+    ``engine_factory``: makes the Spark/IPyParallel engine of a space (by default the local
+    or the Kubernetes implementation, whichever fits the space).
     """
 
     def __init__(
         self,
-        space: LocalSpace | None = None,
+        space: LocalSpace | KubeSpace | None = None,
         gateway: GatewayLike | Callable[[], GatewayLike] | None = None,
-        engine_factory: Callable[..., Any] = local_engine,
+        engine_factory: Callable[..., Any] | None = None,
     ):
+        if space is None and engine_factory is None:
+            space = kube_space_from_env()
+        if engine_factory is None:
+            engine_factory = kube_engine if isinstance(space, KubeSpace) else local_engine
         self._space = space
         self.dask = DaskClusters(gateway)
         self._engine_factory = engine_factory
@@ -175,6 +182,8 @@ class Clusters:
         launch = (self._state().get("engines") or {}).get(kind, "")
         if isinstance(launch, str) and launch.startswith("failed"):
             entry["error"] = launch
+        if status.details.get("error"):
+            entry["error"] = status.details["error"]
         if kind == "spark" and status.state in ("running", "starting"):
             alive = engine.alive_workers()
             entry["cores"] = sum(w.get("cores", 0) for w in alive)

@@ -32,6 +32,7 @@ from . import kubeobjects as k
 from .kubespace import (
     NOTEBOOK_SERVICE_ACCOUNT,
     make_space_objects,
+    notebook_limits_env,
     space_engines,
     spark_worker_memory,
 )
@@ -102,6 +103,14 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
         with only that PVC on stop, instead of deleting the namespace and the user's files.""",
     )
 
+    notebook_home = Unicode(
+        k.NOTEBOOK_HOME,
+        config=True,
+        help="""The notebook image's home directory (its user's ``HOME``). With IPyParallel,
+        ``IPYTHONDIR`` is set to its ``.ipython`` and the controller's client file is mounted
+        into that profile's security dir, so a bare ``ipyparallel.Client()`` connects.""",
+    )
+
     namespace_delete_timeout = Float(
         300.0,
         config=True,
@@ -164,9 +173,11 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
                 engines=space_engines(self.space_profile(options)),
                 gateway_address=self.gateway_url or None,
                 gateway_proxy_address=self.gateway_proxy_address or None,
+                ipython_dir=k.notebook_ipython_dir(self.notebook_home),
             )
         )
         env.update(self.gateway_env())
+        env.update(notebook_limits_env(self.space_profile(options)))
         if "spark" in self.space_profile(options)["engines"]:
             # An executor must fit the worker that offers it (see kubespace.spark_worker_env).
             env["SPARK_EXECUTOR_MEMORY"] = spark_worker_memory(options)
@@ -175,12 +186,38 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
     async def get_pod_manifest(self):
         pod = await super().get_pod_manifest()
         if "ipyparallel" in self.space_profile(self.space_options())["engines"]:
-            # ipp.Client(os.environ["CLUSTERHUB_IPP_CLIENT_FILE"]) reads it from this mount.
-            volume, mount = k.make_ipyparallel_notebook_volume()
-            pod.spec.volumes = [*(pod.spec.volumes or []), volume]
-            container = pod.spec.containers[0]
-            container.volume_mounts = [*(container.volume_mounts or []), mount]
+            self._add_ipyparallel_client_file(pod)
         return pod
+
+    def _add_ipyparallel_client_file(self, pod) -> None:
+        """Mount the client connection file where ``ipp.Client()`` looks (the profile's
+        security dir, see ``k.make_ipython_security_mount``) and at the explicit path
+        ``CLUSTERHUB_IPP_CLIENT_FILE`` names; when the home is a volume, the security dir's
+        parents are made in it first, as the notebook's user."""
+        home = self.notebook_home
+        volume, mount = k.make_ipyparallel_notebook_volume()
+        container = pod.spec.containers[0]
+        mounts = list(container.volume_mounts or [])
+        serialize = self.api.api_client.sanitize_for_serialization
+        home_mounts = [
+            m
+            for m in (serialize(m) for m in mounts)
+            if home == m["mountPath"].rstrip("/")
+            or home.startswith(m["mountPath"].rstrip("/") + "/")
+        ]
+        pod.spec.volumes = [*(pod.spec.volumes or []), volume]
+        container.volume_mounts = [*mounts, mount, k.make_ipython_security_mount(home)]
+        if home_mounts:
+            # Only a volume outlives the init container; without one the image should ship
+            # the directories (else the runtime makes them, as root, in the container).
+            init = k.make_ipython_dirs_init_container(
+                container.image,
+                home,
+                volume_mounts=home_mounts,
+                security_context=serialize(container.security_context) or None,
+                image_pull_policy=container.image_pull_policy,
+            )
+            pod.spec.init_containers = [*(pod.spec.init_containers or []), init]
 
     # -- the space ----------------------------------------------------------------------------
     def gateway_ports(self) -> tuple[int, ...]:

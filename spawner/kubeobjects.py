@@ -34,7 +34,7 @@ Fixed ports (pods listen on them; Services expose the same numbers):
 - IPyParallel controller: 10101-10115 (see :data:`IPYPARALLEL_PORTS`); the controller gets
   them from connection files the hub writes into a Secret, because with fixed ports the
   Service and the NetworkPolicies can be written before the controller starts.
-- Dask scheduler: 8786 (comm), 8787 (dashboard).
+- Dask scheduler: 8786 (comm), 8787 (dashboard), 8788 (its Dask Gateway API).
 - Notebook: 8888; hub API: 8081; Dask Gateway (API + multiplexed scheduler proxy): 8000.
 """
 
@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import posixpath
 import re
 import unicodedata
 from collections.abc import Collection, Mapping, Sequence
@@ -60,11 +61,13 @@ __all__ = [
     "IPYPARALLEL_MOUNT_PATH",
     "IPYPARALLEL_PORTS",
     "IPYPARALLEL_SECRET_NAME",
+    "NOTEBOOK_HOME",
     "NOTEBOOK_PORT",
     "NOTEBOOK_ROLE_RULES",
     "engine_labels",
     "engine_mode",
     "engine_service_name",
+    "ipython_security_dir",
     "label_value",
     "make_engine_deployment",
     "make_engine_service",
@@ -73,6 +76,8 @@ __all__ = [
     "make_ipyparallel_connection_files",
     "make_ipyparallel_notebook_volume",
     "make_ipyparallel_secret",
+    "make_ipython_dirs_init_container",
+    "make_ipython_security_mount",
     "make_limit_range",
     "make_namespace",
     "make_namespace_name",
@@ -82,6 +87,7 @@ __all__ = [
     "make_role",
     "make_role_binding",
     "make_service_account",
+    "notebook_ipython_dir",
     "notebook_labels",
     "parse_quantity",
     "space_annotations",
@@ -118,6 +124,8 @@ SPARK_MASTER_UI_PORT = 8080
 SPARK_WORKER_UI_PORT = 8081
 DASK_SCHEDULER_PORT = 8786
 DASK_DASHBOARD_PORT = 8787
+# The scheduler's Dask Gateway API (the gateway asks it to scale or adapt there).
+DASK_GATEWAY_API_PORT = 8788
 
 # IPyParallel controller ports, named as in ipcontroller's connection files. The engine- and
 # client-facing sockets are distinct ZMQ sockets, hence two sets. Port names are IANA service
@@ -144,6 +152,8 @@ IPYPARALLEL_SECRET_NAME = "ipyparallel-connection"
 IPYPARALLEL_MOUNT_PATH = "/etc/clusterhub/ipyparallel"
 IPYPARALLEL_ENGINE_FILE = "ipcontroller-engine.json"
 IPYPARALLEL_CLIENT_FILE = "ipcontroller-client.json"
+# The notebook image's home (images/base: user jovyan), where IPython keeps its profiles.
+NOTEBOOK_HOME = "/home/jovyan"
 
 # engine -> (leader role, follower role); the leader is a singleton reached through a Service.
 ENGINE_ROLES: dict[str, tuple[str, str]] = {
@@ -599,7 +609,7 @@ DEFAULT_NETWORK_ALLOW: dict[str, bool] = {
     "private_ips": False,
     # egress to 169.254.169.254 (cloud credentials!)
     "cloud_metadata": False,
-    # Dask Gateway -> scheduler (8786/8787) and scheduler -> gateway API (heartbeats)
+    # Dask Gateway -> scheduler (8786/8787/8788) and scheduler -> gateway API (heartbeats)
     "gateway_to_scheduler": True,
     # notebook <-> engine pods in both directions
     "notebook_to_engines": True,
@@ -763,7 +773,12 @@ def make_network_policies(
                 dask_scheduler,
                 labels,
                 ingress=[
-                    {"from": [gateway], "ports": _ports([DASK_SCHEDULER_PORT, DASK_DASHBOARD_PORT])}
+                    {
+                        "from": [gateway],
+                        "ports": _ports(
+                            [DASK_SCHEDULER_PORT, DASK_DASHBOARD_PORT, DASK_GATEWAY_API_PORT]
+                        ),
+                    }
                 ],
                 # a gateway scheduler reports its state to the gateway API
                 egress=[{"to": [gateway], "ports": _ports(gateway_ports)}],
@@ -1345,21 +1360,88 @@ def make_ipyparallel_notebook_volume(
     return volume, mount
 
 
+def notebook_ipython_dir(home: str = NOTEBOOK_HOME) -> str:
+    """The notebook's ``IPYTHONDIR``: IPython's default for that home, made explicit so that
+    the profile a kernel uses is the one the client file is mounted into."""
+    if not home.startswith("/") or posixpath.normpath(home) != home or home == "/":
+        raise ValueError(f"home must be a normalised absolute path other than /, got {home!r}")
+    return f"{home}/.ipython"
+
+
+def ipython_security_dir(home: str = NOTEBOOK_HOME) -> str:
+    """Where ``ipp.Client()`` with no arguments looks for ``ipcontroller-client.json``."""
+    return f"{notebook_ipython_dir(home)}/profile_default/security"
+
+
+def make_ipython_security_mount(home: str = NOTEBOOK_HOME) -> dict[str, Any]:
+    """A second mount of :func:`make_ipyparallel_notebook_volume`'s volume, at the default
+    profile's security dir, so that a bare ``ipp.Client()`` finds the space's controller.
+
+    It nests under the home (often a volume itself, which Kubernetes allows). The container
+    runtime creates a missing mount point, and its missing parents, as root: see
+    :func:`make_ipython_dirs_init_container`, which creates them as the user first.
+    """
+    return {
+        "name": "ipyparallel-connection",
+        "mountPath": ipython_security_dir(home),
+        "readOnly": True,
+    }
+
+
+def make_ipython_dirs_init_container(
+    image: str,
+    home: str = NOTEBOOK_HOME,
+    *,
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
+    security_context: Mapping[str, Any] | None = None,
+    image_pull_policy: str | None = None,
+) -> dict[str, Any]:
+    """An init container that creates ``$IPYTHONDIR/profile_default/security`` as the
+    notebook's user, with the notebook's home mounts, before the notebook starts.
+
+    Without it, a home volume gets ``.ipython`` and ``profile_default`` created by the
+    runtime as root for :func:`make_ipython_security_mount`, and IPython (running as the
+    user) could then never write its history or profile there. An existing directory is
+    left as it is. ``volume_mounts`` should be the notebook's mounts at or above ``home``.
+    """
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"image must be a non-empty image reference, got {image!r}")
+    container: dict[str, Any] = {
+        "name": "ipython-dirs",
+        "image": image,
+        "command": ["mkdir", "-p", ipython_security_dir(home)],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+    }
+    if image_pull_policy:
+        container["imagePullPolicy"] = image_pull_policy
+    if volume_mounts:
+        container["volumeMounts"] = [dict(m) for m in volume_mounts]
+    if security_context:
+        container["securityContext"] = dict(security_context)
+    return container
+
+
 def make_notebook_env(
     namespace: str,
     *,
     engines: Collection[str] = ("spark", "ipyparallel", "dask"),
     gateway_address: str | None = None,
     gateway_proxy_address: str | None = None,
+    ipython_dir: str | None = None,
 ) -> dict[str, str]:
     """Environment of the notebook so that every engine works with no arguments.
 
     - Spark: ``MASTER`` is spark-submit's fallback master, so a bare
       ``SparkSession.builder.getOrCreate()`` lands on the space's master; ``SPARK_MASTER_URL``
       is for our own code.
-    - IPyParallel: ``ipp.Client`` has no env var for its connection file, so
-      ``CLUSTERHUB_IPP_CLIENT_FILE`` says where it is mounted (see
-      :func:`make_ipyparallel_notebook_volume`): ``ipp.Client(os.environ[...])``.
+    - IPyParallel: ``ipp.Client`` has no env var for its connection file; a bare
+      ``ipp.Client()`` reads it from the default profile's security dir, where
+      :func:`make_ipython_security_mount` puts it, under ``IPYTHONDIR`` (``ipython_dir``,
+      see :func:`notebook_ipython_dir`, set when given). ``CLUSTERHUB_IPP_CLIENT_FILE``
+      names the same file at :data:`IPYPARALLEL_MOUNT_PATH`, for explicit use.
     - Dask: with a gateway, dask-gateway's own config variables; without one, the space's
       plain scheduler (``DASK_SCHEDULER_ADDRESS``, read by ``distributed.Client()``).
     """
@@ -1373,6 +1455,10 @@ def make_notebook_env(
         env["SPARK_MASTER_URL"] = env["MASTER"] = _spark_master_url(namespace)
     if "ipyparallel" in chosen:
         env["CLUSTERHUB_IPP_CLIENT_FILE"] = f"{IPYPARALLEL_MOUNT_PATH}/{IPYPARALLEL_CLIENT_FILE}"
+        if ipython_dir is not None:
+            if not ipython_dir.startswith("/"):
+                raise ValueError(f"ipython_dir must be an absolute path, got {ipython_dir!r}")
+            env["IPYTHONDIR"] = ipython_dir
     if "dask" in chosen:
         if gateway_address:
             env["DASK_GATEWAY__ADDRESS"] = gateway_address

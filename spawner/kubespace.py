@@ -7,15 +7,18 @@ against the Kubernetes schemas.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clusterhub.profiles import SpaceOptions
+from clusterhub.profiles import SIZE_FIELDS, SpaceOptions
 
 from . import kubeobjects as k
 
 NOTEBOOK_SERVICE_ACCOUNT = "notebook"
 NOTEBOOK_ROLE = "notebook"
+# The profile's maxima, as JSON, in the notebook's environment (see notebook_limits_env).
+LIMITS_ENV = "CLUSTERHUB_LIMITS"
 
 # What one notebook server may use, counted into the space's quota on top of the engines.
 NOTEBOOK_CORES = 1
@@ -70,6 +73,13 @@ def engine_env(engine: str, role: str, options: SpaceOptions) -> dict[str, str]:
             SPARK_WORKER_DIR="spark-work",
         )
     return env
+
+
+def notebook_limits_env(profile: Mapping[str, Any]) -> dict[str, str]:
+    """The profile's maxima for the notebook's Clusters panel, which refuses to scale past
+    them with a message naming the limit (the ResourceQuota is what enforces them)."""
+    limits = {field: profile[field]["max"] for field in SIZE_FIELDS}
+    return {LIMITS_ENV: json.dumps(limits, sort_keys=True)}
 
 
 COORDINATOR_RESOURCES = {

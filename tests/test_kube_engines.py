@@ -96,7 +96,7 @@ IPP_DRIVER = """
 import json, os
 import ipyparallel as ipp
 
-rc = ipp.Client(os.environ["CLUSTERHUB_IPP_CLIENT_FILE"])
+rc = ipp.Client()  # as in a notebook: the file is in IPYTHONDIR's default profile
 rc.wait_for_engines(2, timeout=60)
 pids = rc[:].apply_sync(os.getpid)
 squares = rc.load_balanced_view().map_sync(lambda x: x * x, range(10))
@@ -325,7 +325,8 @@ async def notebook_env(api: Api, spawner: KubeSpaceSpawner, engines: list[str]) 
     ns = spawner.namespace
     pod = await api.get(f"/api/v1/namespaces/{ns}/pods/{spawner.pod_name}")
     given = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
-    expected = ko.make_notebook_env(ns, engines=engines)
+    ipython_dir = ko.notebook_ipython_dir(spawner.notebook_home)
+    expected = ko.make_notebook_env(ns, engines=engines, ipython_dir=ipython_dir)
     assert {k: given.get(k) for k in expected} == expected
     return expected
 
@@ -335,7 +336,7 @@ async def run_driver(
     ns: str,
     script: str,
     env: dict[str, str],
-    volumes: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    volumes: tuple[dict[str, Any], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Run ``script`` in a one-off pod of the space; its RESULT line, read via pods/log."""
     container: dict[str, Any] = {
@@ -353,7 +354,7 @@ async def run_driver(
     }
     if volumes is not None:
         spec["volumes"] = [volumes[0]]
-        container["volumeMounts"] = [volumes[1]]
+        container["volumeMounts"] = volumes[1]
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -620,9 +621,11 @@ async def test_ipyparallel_space_scales_and_runs_a_map_from_a_pod(
         await wait_for(lambda: registered(2), 60, "the second engine to register")
 
         env = await notebook_env(api, spawner, ["dask", "ipyparallel"])
-        result = await run_driver(
-            api, ns, IPP_DRIVER, env, volumes=ko.make_ipyparallel_notebook_volume()
-        )
+        # The notebook's own client-file mounts (its image's home is not on this machine:
+        # the kubelet makes the mount point in an overlay private to the pod).
+        volume, mount = ko.make_ipyparallel_notebook_volume()
+        mounts = [mount, ko.make_ipython_security_mount(spawner.notebook_home)]
+        result = await run_driver(api, ns, IPP_DRIVER, env, volumes=(volume, mounts))
         assert result["engines"] == 2
         assert result["squares"] == [x * x for x in range(10)]
         # The work ran in the two engine pods' processes.

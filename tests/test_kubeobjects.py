@@ -526,7 +526,7 @@ def test_network_policy_gateway_to_scheduler():
     assert spec["ingress"][0]["from"][0]["podSelector"] == {
         "matchLabels": {"app.kubernetes.io/component": "dask-gateway"}
     }
-    assert [p["port"] for p in spec["ingress"][0]["ports"]] == [8786, 8787]
+    assert [p["port"] for p in spec["ingress"][0]["ports"]] == [8786, 8787, 8788]
     # the scheduler pods built here match the selector
     labels = ko.make_engine_deployment(
         NS, engine="dask", role="scheduler", image="img", replicas=1
@@ -991,6 +991,89 @@ def test_ipyparallel_notebook_volume():
         mount["mountPath"] + "/ipcontroller-client.json"
         == (ko.make_notebook_env(NS)["CLUSTERHUB_IPP_CLIENT_FILE"])
     )
+
+
+def test_the_client_file_is_where_a_bare_ipp_client_looks():
+    assert ko.notebook_ipython_dir() == "/home/jovyan/.ipython"
+    assert ko.ipython_security_dir("/srv/u") == "/srv/u/.ipython/profile_default/security"
+    assert ko.make_ipython_security_mount() == {
+        "name": "ipyparallel-connection",
+        "mountPath": "/home/jovyan/.ipython/profile_default/security",
+        "readOnly": True,
+    }
+    for bad in ("home", "/", "/home/jovyan/", "/home/../etc", ""):
+        with pytest.raises(ValueError, match="home must be"):
+            ko.make_ipython_security_mount(bad)
+    env = ko.make_notebook_env(NS, engines=["ipyparallel"], ipython_dir="/home/jovyan/.ipython")
+    assert env == {
+        "CLUSTERHUB_NAMESPACE": NS,
+        "CLUSTERHUB_ENGINES": "ipyparallel",
+        "CLUSTERHUB_IPP_CLIENT_FILE": "/etc/clusterhub/ipyparallel/ipcontroller-client.json",
+        "IPYTHONDIR": "/home/jovyan/.ipython",
+    }
+    # IPYTHONDIR only matters to IPyParallel: other spaces keep IPython's own default.
+    assert "IPYTHONDIR" not in ko.make_notebook_env(NS, engines=["dask"], ipython_dir="/x/.ipython")
+    with pytest.raises(ValueError, match="ipython_dir"):
+        ko.make_notebook_env(NS, engines=["ipyparallel"], ipython_dir=".ipython")
+    # IPython's lookup itself: IPYTHONDIR's default profile's security dir, nothing else.
+    from IPython.core.profiledir import ProfileDir
+
+    location = ProfileDir(location="/home/jovyan/.ipython/profile_default").security_dir
+    assert location == ko.ipython_security_dir()
+
+
+def test_ipython_dirs_init_container():
+    home_mount = {"name": "home", "mountPath": "/home/jovyan"}
+    security = {"runAsUser": 1000, "allowPrivilegeEscalation": False}
+    init = ko.make_ipython_dirs_init_container(
+        "notebook:1.0",
+        volume_mounts=[home_mount],
+        security_context=security,
+        image_pull_policy="IfNotPresent",
+    )
+    assert init == {
+        "name": "ipython-dirs",
+        "image": "notebook:1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["mkdir", "-p", "/home/jovyan/.ipython/profile_default/security"],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "volumeMounts": [home_mount],
+        "securityContext": security,
+    }
+    assert ko.make_ipython_dirs_init_container("notebook:1.0") == {
+        "name": "ipython-dirs",
+        "image": "notebook:1.0",
+        "command": ["mkdir", "-p", "/home/jovyan/.ipython/profile_default/security"],
+        "resources": init["resources"],
+    }
+    volume, mount = ko.make_ipyparallel_notebook_volume()
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "jupyter-alice", "namespace": NS},
+        "spec": {
+            "initContainers": [init],
+            "containers": [
+                {
+                    "name": "notebook",
+                    "image": "notebook:1.0",
+                    "volumeMounts": [home_mount, mount, ko.make_ipython_security_mount()],
+                }
+            ],
+            "volumes": [
+                {"name": "home", "persistentVolumeClaim": {"claimName": "claim-alice"}},
+                volume,
+            ],
+        },
+    }
+    validate(pod)
+    with pytest.raises(ValueError, match="image"):
+        ko.make_ipython_dirs_init_container("")
+    with pytest.raises(ValueError, match="home must be"):
+        ko.make_ipython_dirs_init_container("notebook:1.0", "relative")
 
 
 def test_make_notebook_env():

@@ -2,7 +2,7 @@ import kubernetes_validate
 import pytest
 
 from clusterhub.profiles import DEFAULT_PROFILES, validate_options, validate_profiles
-from clusterhub.spawner.kubespace import make_space_objects, quota_for
+from clusterhub.spawner.kubespace import make_space_objects, notebook_limits_env, quota_for
 
 PROFILES = {p["slug"]: p for p in validate_profiles(DEFAULT_PROFILES)}
 
@@ -75,3 +75,10 @@ def test_ipyparallel_needs_a_key():
             options=options,
             cluster_image="c:1",
         )
+
+
+def test_the_notebook_learns_its_profiles_maxima():
+    # The Clusters panel in the notebook refuses to scale past them, naming the limit.
+    assert notebook_limits_env(PROFILES["dask-spark"]) == {
+        "CLUSTERHUB_LIMITS": '{"worker_cores": 2, "worker_memory_gib": 4, "workers": 4}'
+    }

@@ -40,7 +40,10 @@ as a real process, then reports status through ``pods/<name>/status``.
   a missing non-optional one leaves the container Waiting in ContainerCreating with a
   FailedMount event), ``emptyDir`` is a per-pod directory that survives container restarts,
   ``hostPath`` is the host path itself. Each ``volumeMount`` (``subPath``, ``readOnly``) is a
-  bind mount of that directory onto ``mountPath``. A mount point missing on the machine (say
+  bind mount of that directory onto ``mountPath``, outer mounts first. A mount point inside
+  another mount is looked up in that volume; a missing one is created in it (as a runtime
+  does: it then stays in the volume), except in a read-only one, which fails the container
+  with a FailedMount-style error. A mount point missing on the machine (say
   ``/etc/clusterhub/...``) is created inside the pod only: its deepest existing ancestor gets
   a copy-on-write overlay (tmpfs upper layer, the ancestor's own submounts bound back), so the
   machine's filesystem is never touched. Contents are written at each container start, not
@@ -63,11 +66,18 @@ as a real process, then reports status through ``pods/<name>/status``.
 * ``stop()`` kills every process it ever started (process groups and tagged descendants, also
   ones that called setsid) and removes its directory, whatever state the pods are in.
 
+* In-cluster API access (see ``incluster.py``): every container gets the ``kubernetes``
+  Service variables (``KUBERNETES_SERVICE_HOST``/``_PORT``...) pointing at an HTTPS front of
+  the API server that this kubelet runs, and, unless ``automountServiceAccountToken`` is
+  false (pod first, then its ServiceAccount), ``token``, ``ca.crt`` and ``namespace`` mounted
+  read-only at ``/var/run/secrets/kubernetes.io/serviceaccount`` (mount namespaces needed), so
+  ``load_incluster_config()`` works in a pod. The token is the API server's one token: the
+  emulator does not authorise by ServiceAccount.
+
 Not emulated: images (nothing is pulled; the host's filesystem is the container's, apart from
 the mounts above), volume kinds other than the four above, workingDir, securityContext/users,
 resource limits, liveness and startup probes, lifecycle hooks, network isolation between pods,
-in-cluster service-account credentials (pass KUBECONFIG through the pod's env if a pod must
-reach the API).
+per-ServiceAccount tokens.
 """
 
 from __future__ import annotations
@@ -99,6 +109,7 @@ import psutil
 from aiohttp import web
 
 from .emulator import BackgroundLoop, Obj, now_iso
+from .incluster import SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_VOLUME, ApiTlsFront, automount_token
 
 log = logging.getLogger(__name__)
 
@@ -627,7 +638,32 @@ class _PodWorker:
                 files = await self._volume_files(name, vol)
                 self._write_volume(target, files, vol)
                 result[name] = target
+        account = await self._service_account_files()
+        if account is not None:
+            target = self.volumes_dir / SERVICE_ACCOUNT_VOLUME
+            self._write_volume(target, account, {"secret": {"defaultMode": 0o644}})
+            result[SERVICE_ACCOUNT_VOLUME] = target
         return result
+
+    async def _service_account_files(self) -> dict[str, bytes] | None:
+        """The projected token volume's files, or None when the pod opts out."""
+        front = self.k.api_front
+        if front is None:
+            return None
+        setting = self.pod["spec"].get("automountServiceAccountToken")
+        account = None
+        if setting is None:
+            name = self.pod["spec"].get("serviceAccountName") or "default"
+            account = await self.k._get_json(f"/api/v1/namespaces/{self.ns}/serviceaccounts/{name}")
+            if account is None:
+                # A real kubelet cannot request a token for a missing account either.
+                raise _MountError(
+                    f'MountVolume.SetUp failed for volume "{SERVICE_ACCOUNT_VOLUME}" : failed '
+                    f'to fetch token: serviceaccounts "{name}" not found'
+                )
+        if not automount_token(self.pod, account):
+            return None
+        return front.service_account_files(self.k.token, self.ns)
 
     async def _volume_files(self, name: str, vol: Obj) -> dict[str, bytes]:
         if "secret" in vol:
@@ -711,6 +747,13 @@ class _PodWorker:
             if m.get("subPath"):
                 source = source / m["subPath"]
             binds.append((source, os.path.normpath(m["mountPath"]), bool(m.get("readOnly"))))
+        account = volumes.get(SERVICE_ACCOUNT_VOLUME)
+        if account is not None and SERVICE_ACCOUNT_DIR not in {target for _, target, _ in binds}:
+            # At the real path of /var/run (a symlink to /run on most systems), so that the
+            # overlay for the new mount point sits on /run itself, with /run's submounts.
+            parent, rest = SERVICE_ACCOUNT_DIR.split("/secrets/", 1)
+            target = os.path.join(os.path.realpath(parent), "secrets", rest)
+            binds.append((account, target, True))
         binds.sort(key=lambda b: b[1].count("/"))  # parents before children
         if self.k.dns_active and not self.pod["spec"].get("hostNetwork"):
             binds.append((self.hosts_path, "/etc/hosts", False))  # last: above any overlay
@@ -720,8 +763,23 @@ class _PodWorker:
         mount, mkdir, touch = _tool("mount"), _tool("mkdir"), _tool("touch")
         steps: list[str] = []
         ancestors: list[str] = []
+        # A mount point inside an earlier mount (a Secret at ~/.ipython/... in a home volume)
+        # is looked up in that volume, and a missing one is created there once the volume is
+        # mounted, as a container runtime does (a real one as root; here as the kubelet's
+        # user); in a read-only volume it cannot be, and the container fails to start.
+        nested: dict[str, Path] = {}  # mountPath -> where it is on this machine
+        for i, (_, target, _) in enumerate(binds):
+            for source, outer, read_only in reversed(binds[:i]):
+                if target != outer and target.startswith(outer.rstrip("/") + "/"):
+                    inside = source / os.path.relpath(target, outer)
+                    if read_only and not os.path.lexists(inside):
+                        raise _MountError(
+                            f"cannot create mount point {target}: {outer} is mounted read-only"
+                        )
+                    nested[target] = inside
+                    break
         for _, target, _ in binds:
-            if os.path.lexists(target):
+            if target in nested or os.path.lexists(target):
                 continue
             parent = os.path.dirname(target)
             while not os.path.isdir(parent):
@@ -754,13 +812,15 @@ class _PodWorker:
                         rel = os.path.relpath(point, parent)
                         steps.append(f"{mount} --bind {q(str(stash / rel))} {q(point)}")
             layers.mkdir(parents=True, exist_ok=True)
-        for source, target, read_only in binds:
-            if not os.path.lexists(target):
+        for source, target, _ in binds:
+            if not os.path.lexists(nested.get(target, target)):
                 if source.is_dir():
                     steps.append(f"{mkdir} -p {q(target)}")
                 else:
                     steps.append(f"{mkdir} -p {q(os.path.dirname(target))} && {touch} {q(target)}")
             steps.append(f"{mount} --bind {q(str(source))} {q(target)}")
+        # Read-only last: a mount point nested in a read-only mount exists by now.
+        for _, target, read_only in binds:
             if read_only:
                 steps.append(f"{mount} -o remount,bind,ro {q(target)}")
         return steps
@@ -804,6 +864,8 @@ class _PodWorker:
         }
         if self.k.uts:
             env["HOSTNAME"] = self.hostname  # a container runtime sets it to the pod hostname
+        if self.k.api_front is not None:
+            env.update(self.k.api_front.service_env())
         env.update(self.k.base_env)
         env.update(pod_env)
         return env, pod_env
@@ -1057,6 +1119,8 @@ class ProcessKubelet:
         self.tag_prefix = f"{node_name}/{secrets.token_hex(4)}/"
         self._procs_lock = threading.Lock()
         self._synced = asyncio.Event()
+        # The API server as pods reach it (HTTPS, in-cluster credentials); made in _start.
+        self.api_front: ApiTlsFront | None = None
 
     # -------------------------------------------------------------- lifecycle (test thread)
 
@@ -1119,6 +1183,8 @@ class ProcessKubelet:
             timeout=aiohttp.ClientTimeout(total=None, connect=5),
         )
         port = await self._start_log_server()
+        self.api_front = ApiTlsFront(self.api_url, self.workdir / "apiserver-front")
+        await self.api_front.start()
         await self._register_node(port)
         if self.dns_active:
             self._spawn(self._list_watch("/api/v1/services", self._on_services, self._on_service))
@@ -1145,6 +1211,8 @@ class ProcessKubelet:
             await self._session.close()
         if self._log_runner is not None:
             await self._log_runner.cleanup()
+        if self.api_front is not None:
+            await self.api_front.stop()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
