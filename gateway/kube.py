@@ -148,6 +148,15 @@ class KubeSpaceBackend(DBBackendBase):
         (namespace deleted) or failed. No API requests unless one did.""",
     )
 
+    server_check_period = Float(
+        30.0,
+        config=True,
+        help="""Seconds between asking the hub, once per owner of a running cluster, whether
+        their server still runs; clusters of owners without one are stopped. Namespace
+        deletion already ends them when a server stops; this also covers spaces kept after
+        a stop (KubeSpaceSpawner.delete_namespace_on_stop = False). 0 turns it off.""",
+    )
+
     k8s_request_timeout = Float(
         30.0, config=True, help="Seconds to wait for one Kubernetes API request."
     )
@@ -183,11 +192,14 @@ class KubeSpaceBackend(DBBackendBase):
         # Before anything judges pods: clusters whose space went while we were down.
         await self.check_spaces()
         self._space_task = asyncio.ensure_future(self._space_loop())
+        self._server_task = None
+        if self.server_check_period > 0:
+            self._server_task = asyncio.ensure_future(self._server_loop())
 
     async def do_cleanup(self) -> None:
-        task = getattr(self, "_space_task", None)
-        if task is not None:
-            task.cancel()
+        for task in (getattr(self, "_space_task", None), getattr(self, "_server_task", None)):
+            if task is not None:
+                task.cancel()
         if hasattr(self, "pods"):
             await self.pods.stop()
 
@@ -224,16 +236,7 @@ class KubeSpaceBackend(DBBackendBase):
         the profiles themselves are the platform's settings, shared with the hub.
         """
         await self.space_namespace(username)
-        url = f"{self.hub_api_url.rstrip('/')}/users/{quote(username, safe='')}"
-        response = await self.session.get(
-            url, headers={"Authorization": f"token {self.hub_api_token}"}
-        )
-        if response.status != 200:
-            raise RuntimeError(
-                f"cannot read {username!r}'s server from the hub ({response.status}); "
-                "the gateway service needs the read:servers scope"
-            )
-        server = (await response.json()).get("servers", {}).get("")
+        server = await self.hub_server(username)
         if not server or server.get("stopped") or not server.get("ready"):
             raise NoActiveSpace(
                 f"user {username!r} has no running server: start your server, then create "
@@ -242,6 +245,21 @@ class KubeSpaceBackend(DBBackendBase):
         options = profile_rules.validate_options(self.profiles, server.get("user_options") or {})
         profile = profile_rules.find_profile(self.profiles, options.profile)
         return {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
+
+    async def hub_server(self, username: str) -> dict | None:
+        """The hub's model of the user's default server; None if they have none (or no user)."""
+        url = f"{self.hub_api_url.rstrip('/')}/users/{quote(username, safe='')}"
+        response = await self.session.get(
+            url, headers={"Authorization": f"token {self.hub_api_token}"}
+        )
+        if response.status == 404:
+            return None
+        if response.status != 200:
+            raise RuntimeError(
+                f"cannot read {username!r}'s server from the hub ({response.status}); "
+                "the gateway service needs the read:servers scope"
+            )
+        return (await response.json()).get("servers", {}).get("")
 
     async def get_cluster_options(self, user) -> Options:
         try:
@@ -477,3 +495,33 @@ class KubeSpaceBackend(DBBackendBase):
                 raise
             except Exception:
                 self.log.exception("Checking the spaces of running clusters failed")
+
+    # -- clusters whose owner's server stopped ------------------------------------------------
+    async def reap_orphans(self) -> list[str]:
+        """Stop every running cluster whose owner has no running server; their names."""
+        reaped = []
+        owners = {c.username for c in self.db.active_clusters() if c.target <= JobStatus.RUNNING}
+        for username in sorted(owners):
+            server = await self.hub_server(username)
+            if server and not server.get("stopped"):
+                continue
+            for cluster in list(self.db.active_clusters()):
+                if cluster.username == username and cluster.target <= JobStatus.RUNNING:
+                    self.log.info(
+                        "Stopping cluster %s: its owner %s has no running server",
+                        cluster.name,
+                        username,
+                    )
+                    await self.stop_cluster(cluster.name)
+                    reaped.append(cluster.name)
+        return reaped
+
+    async def _server_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.server_check_period)
+            try:
+                await self.reap_orphans()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("Asking the hub whose servers run failed")

@@ -4,14 +4,18 @@ the Kubernetes emulator and the process-kubelet, for the gateway's Kubernetes te
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import requests
 from hubclient import free_port
@@ -65,7 +69,7 @@ def prepare_hub_namespace(kubectl: Kubectl) -> None:
 class GatewayHub(RunningKubeHub):
     """The Kubernetes-mode hub with the gateway registered as its service (as the chart)."""
 
-    def __init__(self, root: str, cluster):
+    def __init__(self, root: str, cluster, **kube_settings):
         super().__init__(root, cluster)
         self.gateway_token = secrets.token_hex(32)
         self.gateway_http_port = free_port()
@@ -85,6 +89,7 @@ class GatewayHub(RunningKubeHub):
             gateway_url=self.gateway_url,
             gateway_proxy_address=f"gateway://127.0.0.1:{self.gateway_tcp_port}",
         )
+        settings["kubernetes"].update(kube_settings)
         with open(self.settings_file, "w") as f:
             json.dump(settings, f)
 
@@ -205,3 +210,35 @@ def cluster_pods(kubectl: Kubectl, namespace: str) -> dict[str, dict]:
         return {}
     response.raise_for_status()
     return {p["metadata"]["name"]: p for p in response.json()["items"]}
+
+
+@contextlib.contextmanager
+def running_kube_cluster(prefix: str, **options) -> Iterator:
+    """An emulated cluster with a process-kubelet whose pods find this checkout's tools."""
+    from tests.kube.fixtures import KubeCluster
+
+    workdir = tempfile.mkdtemp(prefix=prefix)
+    home = os.path.join(workdir, "home")
+    os.makedirs(home)
+    base_env = {"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home}
+    kube = KubeCluster(workdir, base_env=base_env, **options)
+    kube.start()
+    try:
+        yield kube
+    finally:
+        kube.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_gateway_hub(cluster, root: str, **kube_settings) -> Iterator[GatewayHub]:
+    """The Kubernetes-mode hub (gateway registered) in a prepared hub namespace; settings
+    as the chart writes them (``kubernetes`` section of clusterhub.settings) override."""
+    kubectl = Kubectl(cluster)
+    if kubectl.get(f"/api/v1/namespaces/{HUB_NAMESPACE}").status_code == 404:
+        prepare_hub_namespace(kubectl)
+    running = GatewayHub(root, cluster, **kube_settings).start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -206,6 +206,32 @@ def test_a_failing_build_names_its_step_and_the_old_environment_stays(
     assert os.path.isfile(log), "the failed build's log is kept"
 
 
+def test_apt_txt_packages_already_installed_and_a_start_script(tmp_path, capsys):
+    data = tmp_path / "data"
+    repo = make_repo(
+        str(tmp_path / "repo"),
+        extra={"binder/apt.txt": "# tools\ngit\nprocps\n"},
+    )
+    write(
+        os.path.join(repo, "binder", "start"),
+        '#!/bin/sh\nexport WORKSHOP_STARTED_BY=start\nexec "$@"\n',
+        0o755,
+    )
+    code, out, err = build(capsys, repo, "--data-dir", str(data))
+    assert code == 0, out + err
+    assert "[4/8] install apt packages: done" in out, out
+    assert "apt-get" not in out, "both are installed: nothing to install"
+    environment = current_environment(str(data))
+    assert environment.start and os.access(environment.start, os.X_OK)
+    # The server command runs through it, as repo2docker runs `start <command>`.
+    wrapped = subprocess.run(
+        [environment.start, environment.python, "-c",
+         "import os, tinypkg; print(os.environ['WORKSHOP_STARTED_BY'], tinypkg.VERSION)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert wrapped.stdout.split() == ["start", "1.0"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -8,19 +8,14 @@ workers that die before they connect, and a gateway killed while its user's serv
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import psutil
 import pytest
-from gatewaykube import GatewayHub, GatewayProcess, cluster_pods, prepare_hub_namespace
+from gatewaykube import GatewayProcess, cluster_pods, running_gateway_hub, running_kube_cluster
 from test_kube_spawner import Kubectl, spawn
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.kube.fixtures import KubeCluster  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,23 +36,14 @@ def fault_config(fault: str, **settings) -> str:
 
 @pytest.fixture(scope="module")
 def cluster():
-    workdir = tempfile.mkdtemp(prefix="kube-gateway-faults-")
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
-    kube = KubeCluster(
-        workdir,
+    with running_kube_cluster(
+        "kube-gateway-faults-",
         image_entrypoints={
             "cluster:test": [sys.executable, "-m", "clusterhub.engines.entrypoint"],
             FAULTY_IMAGE: [sys.executable, os.path.join(HERE, "faulty_entrypoint.py")],
         },
-        base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
-    )
-    kube.start()
-    try:
+    ) as kube:
         yield kube
-    finally:
-        kube.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +52,9 @@ def kubectl(cluster):
 
 
 @pytest.fixture(scope="module")
-def hub(cluster, kubectl, tmp_path_factory):
-    prepare_hub_namespace(kubectl)
-    running = GatewayHub(str(tmp_path_factory.mktemp("faultshub")), cluster).start()
-    try:
+def hub(cluster, tmp_path_factory):
+    with running_gateway_hub(cluster, str(tmp_path_factory.mktemp("faultshub"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +174,28 @@ def test_a_cluster_whose_space_went_while_the_gateway_was_down_is_recorded_stopp
     admin = hub.user_token("admin")
     assert restarted.wait_status(name, admin, {"STOPPED"}, timeout=30)["status"] == "STOPPED"
     assert "is gone (server stopped)" in restarted.log_tail(200)
+
+
+def test_clusters_stop_with_the_server_where_spaces_are_kept(cluster, kubectl, tmp_path):
+    """deleteNamespaceOnStop: false keeps the namespace (and so the pods) after a stop: the
+    gateway learns from the hub that the owner's server is gone and stops the cluster."""
+    with running_gateway_hub(cluster, str(tmp_path / "hub"), delete_namespace_on_stop=False) as hub:
+        gateway = GatewayProcess(hub, "c.KubeSpaceBackend.server_check_period = 1").start()
+        try:
+            carol = spawn(hub, "carol", profile="dask")
+            namespace = kubectl.space_of("carol")
+            token = hub.user_token("carol")
+            name = new_cluster(gateway, token)
+            gateway.wait_status(name, token, {"RUNNING"}, timeout=60)
+            assert f"dask-scheduler-{name}" in cluster_pods(kubectl, namespace)
+            carol.stop_server(timeout=120)
+            assert kubectl.get(f"/api/v1/namespaces/{namespace}").status_code == 200, "kept"
+            admin = hub.user_token("admin")
+            assert gateway.wait_status(name, admin, {"STOPPED"}, timeout=30)["status"] == "STOPPED"
+            assert "has no running server" in gateway.log_tail(200)
+            deadline = time.monotonic() + 30
+            while cluster_pods(kubectl, namespace) and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert cluster_pods(kubectl, namespace) == {}, gateway.log_tail()
+        finally:
+            gateway.stop()

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import psutil
 import pytest
 from gatewaykube import (
     IMAGE_ENTRYPOINTS,
-    GatewayHub,
     GatewayProcess,
     cluster_pods,
-    prepare_hub_namespace,
+    running_gateway_hub,
+    running_kube_cluster,
 )
 from test_kube_spawner import Kubectl, spawn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
+from tests.kube.fixtures import uts_available  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,21 +52,10 @@ print(json.dumps({
 def cluster():
     if not uts_available():
         pytest.skip("unshare --uts needs root and util-linux")
-    workdir = tempfile.mkdtemp(prefix="kube-gateway-")
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
-    kube = KubeCluster(
-        workdir,
-        uts=True,
-        image_entrypoints=IMAGE_ENTRYPOINTS,
-        base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
-    )
-    kube.start()
-    try:
+    with running_kube_cluster(
+        "kube-gateway-", uts=True, image_entrypoints=IMAGE_ENTRYPOINTS
+    ) as kube:
         yield kube
-    finally:
-        kube.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +64,9 @@ def kubectl(cluster):
 
 
 @pytest.fixture(scope="module")
-def hub(cluster, kubectl, tmp_path_factory):
-    prepare_hub_namespace(kubectl)
-    running = GatewayHub(str(tmp_path_factory.mktemp("gatewayhub")), cluster).start()
-    try:
+def hub(cluster, tmp_path_factory):
+    with running_gateway_hub(cluster, str(tmp_path_factory.mktemp("gatewayhub"))) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
