@@ -8,7 +8,8 @@
 spawn:   spawn-to-ready of LocalSpaceSpawner vs JupyterHub's SimpleLocalProcessSpawner,
          on the same hub config (goal: ratio <= 1.1).
 cluster: new_cluster + 2 workers joined, through our gateway vs dask-gateway-server's own
-         UnsafeLocalBackend configured by hand (goal: ratio <= 1.2 and < 3 s).
+         UnsafeLocalBackend configured by hand (goal: ratio <= 1.2 and < 3 s). Each
+         repeat starts 10 s after the previous cluster was shut down, on a settled machine.
 surge:   N users log in through the form at once; users ready per minute, ours vs plain
          JupyterHub + SimpleLocalProcessSpawner (goal: ratio >= 0.9, no failures).
 """
@@ -86,7 +87,7 @@ CLUSTER_CODE = """
 import sys, time
 from dask_gateway import Gateway
 from dask_gateway.auth import BasicAuth, JupyterHubAuth
-address, proxy, kind, secret, repeat = sys.argv[1:6]
+address, proxy, kind, secret, repeat, settle = sys.argv[1:7]
 auth = JupyterHubAuth(api_token=secret) if kind == "hub" else BasicAuth("bench", secret)
 gateway = Gateway(address=address, proxy_address=proxy, auth=auth)
 times = []
@@ -102,6 +103,9 @@ for _ in range(int(repeat)):
     # dask-gateway 2026.3 closes a cluster's Gateway again from __del__, which deadlocks
     # when the collector runs on the loop thread (see clusterhub.labextension.dask_clusters).
     cluster.gateway.__dict__.pop("_loop_runner", None)
+    # Let the machine settle (the old cluster stopping, warm interpreters refilling): each
+    # repeat measures one user's cluster on a machine at rest, not the previous teardown.
+    time.sleep(float(settle))
 print(" ".join(f"{t:.3f}" for t in times))
 """
 
@@ -120,7 +124,7 @@ c.ClusterConfig.scheduler_memory = "512 M"
 
 def _time_clusters(address: str, proxy: str, kind: str, secret: str, repeat: int) -> list[float]:
     out = subprocess.run(
-        [sys.executable, "-c", CLUSTER_CODE, address, proxy, kind, secret, str(repeat)],
+        [sys.executable, "-c", CLUSTER_CODE, address, proxy, kind, secret, str(repeat), "10"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -11,6 +11,14 @@ and becomes that ``dask`` command: same arguments, environment, working director
 file as a freshly started process would have. It serves one assignment and no other; with
 no assignment (stdin closed) it exits.
 
+A worker's nanny starts the worker in a child process, which would import everything again
+(multiprocessing's "spawn"). So while it waits, a warm interpreter also starts a
+multiprocessing fork server that imports Dask too, in the environment a nanny gives its
+worker before it starts (``distributed.nanny.pre-spawn-environ``, with Dask's fixed hash
+seed); a worker then forks from it at once. The nanny hands the worker its whole assigned
+environment (``distributed.nanny.environ``), and the worker works in the assigned directory.
+If the assignment asks for another pre-spawn environment, the worker is spawned as usual.
+
 Run as ``python -m clusterhub.gateway.warm_interpreter``.
 """
 
@@ -31,6 +39,77 @@ def _import_ahead() -> None:
         import dask_gateway.scheduler_preload  # noqa: F401
     except ImportError:
         pass
+
+
+def _pre_spawn_environment() -> dict[str, str]:
+    """What a nanny sets before it starts its worker (as distributed.nanny.Nanny does)."""
+    import dask.config
+
+    wanted = dask.config.get("distributed.nanny.pre-spawn-environ")
+    env = {k: os.environ.get(k, str(v)) for k, v in wanted.items() if v is not None}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"  # Dask's: the same hashes in every worker
+    return env
+
+
+def _start_fork_server() -> tuple[dict[str, str], int]:
+    """A fork server that has imported Dask, for a nanny's worker.
+
+    Returns its pre-spawn environment and the read end of a pipe that is its (and so the
+    worker's) stdout and stderr: the log file is not known yet, so the nanny copies the
+    worker's output into it once it is (see :func:`_relay_worker_output`).
+    """
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    env = _pre_spawn_environment()
+    os.environ.update(env)
+    output, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed"])
+    multiprocessing.forkserver.ensure_running()
+    return env, output
+
+
+def _relay_worker_output(output: int) -> None:
+    """Copy the worker's output (from the fork server's pipe) into our log, until it ends."""
+    import threading
+
+    def relay() -> None:
+        with os.fdopen(output, "rb", buffering=0) as source:
+            while chunk := source.read(65536):
+                os.write(2, chunk)
+
+    threading.Thread(target=relay, name="worker-output", daemon=True).start()
+
+
+def _stop_fork_server() -> None:
+    import multiprocessing.forkserver
+
+    server = multiprocessing.forkserver._forkserver
+    if hasattr(server, "_stop"):  # no public way; a scheduler has no use for it
+        server._stop()
+
+
+def _use_fork_server(job: dict, fork_server_env: dict[str, str], output: int) -> None:
+    import dask.config
+
+    _relay_worker_output(output)
+    if job["argv"][1:2] != ["worker"]:
+        _stop_fork_server()
+        return
+    if _pre_spawn_environment() != fork_server_env:
+        return  # the assignment wants another environment at process start: spawn
+    nanny_env = dict(dask.config.get("distributed.nanny.environ") or {})
+    nanny_env.update(job["env"])
+    dask.config.set(
+        {
+            "distributed.worker.multiprocessing-method": "forkserver",
+            "distributed.nanny.environ": nanny_env,
+        }
+    )
 
 
 def _become(job: dict) -> None:
@@ -58,10 +137,13 @@ def _become(job: dict) -> None:
 
 def main() -> int:
     _import_ahead()
+    fork_server_env, output = _start_fork_server()
     line = sys.stdin.readline()
     if not line.strip():
         return 0  # the gateway closed the pool without using us
-    _become(json.loads(line))
+    job = json.loads(line)
+    _become(job)
+    _use_fork_server(job, fork_server_env, output)
 
     from dask.cli import run_cli
 

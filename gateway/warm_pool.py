@@ -54,13 +54,23 @@ def fingerprint(cmd: list[str], env: Mapping[str, str]) -> Fingerprint | None:
 class WarmInterpreterPool:
     """Up to ``size`` interpreters importing (or done importing) Dask, for one environment."""
 
-    def __init__(self, size: int, workdir: str, log: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        workdir: str,
+        log: logging.Logger | None = None,
+        refill_delay: float = 3.0,
+    ) -> None:
         self.size = size
         self.workdir = workdir
         self.log = log or logging.getLogger(__name__)
+        # Refilling imports Dask in new interpreters: on a small machine that would take the
+        # cores from the scheduler and workers just handed out, so it waits for a quiet spell.
+        self.refill_delay = refill_delay
         self._target: Fingerprint | None = None
         self._idle: list[asyncio.subprocess.Process] = []
         self._closed = False
+        self._refill: asyncio.TimerHandle | None = None
 
     async def warm(self, cmd: list[str], env: Mapping[str, str]) -> None:
         """Aim the pool at the environment of ``cmd`` and fill it."""
@@ -86,12 +96,20 @@ class WarmInterpreterPool:
         while self._idle and pid is None:
             proc = self._idle.pop(0)
             pid = await self._assign(proc, cmd, env, cwd, log_path)
-        await self._fill()
+        self._schedule_refill()
         return pid
+
+    def _schedule_refill(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+        loop = asyncio.get_running_loop()
+        self._refill = loop.call_later(self.refill_delay, lambda: loop.create_task(self._fill()))
 
     async def close(self) -> None:
         """Stop every interpreter still waiting for an assignment."""
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
         await self._stop_idle()
 
     async def _assign(

@@ -76,7 +76,7 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
     space = tmp_path / "spaces" / "ada"
     cluster_dir = space / "dask-gateway" / "c1"
     cluster_dir.mkdir(parents=True)
-    pool = WarmInterpreterPool(2, str(tmp_path))
+    pool = WarmInterpreterPool(2, str(tmp_path), refill_delay=0.2)
     env = job_env(
         str(space),
         CLUSTERHUB_JOB_VALUE="from-the-assignment",
@@ -112,6 +112,8 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
                 import dask
 
                 return {
+                    "pid": os.getpid(),
+                    "hash": hash("dask"),
                     "value": os.environ.get("CLUSTERHUB_JOB_VALUE"),
                     "home": os.environ.get("HOME"),
                     "cwd": os.getcwd(),
@@ -125,6 +127,17 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
             assert seen["home"] == str(space)
             assert seen["cwd"] == str(cluster_dir)
         assert int(on_scheduler["failures"]) == 7
+        # The worker forked from the warm fork server (not spawned by its nanny), with the
+        # hash seed every Dask worker uses.
+        assert psutil.Process(on_worker["pid"]).ppid() != worker_pid
+        seeded = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "print(hash('dask'))",
+            env={**os.environ, "PYTHONHASHSEED": "6640"},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert on_worker["hash"] == int((await seeded.communicate())[0])
         # The memory limit is enforced by the nanny, which is the warm interpreter itself.
         assert "Memory:                   1.00 GiB" in await wait_for_text(worker_log, "Memory:")
 
@@ -135,7 +148,8 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
         assert pid not in {p.pid for p in procs.find_marked(procs.SPACE_MARKER, str(space))}
         assert procs.sweep(procs.SPACE_MARKER, str(space), cwd_under=str(space)) >= 2
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-        assert len(pool._idle) == 2, "the pool refills after each start"
+        await asyncio.sleep(0.5)
+        assert len(pool._idle) == 2, "the pool refills after a quiet spell"
     finally:
         await pool.close()
         stop_all(pids)
@@ -145,7 +159,7 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_another_environment_starts_cold_and_retargets(tmp_path):
-    pool = WarmInterpreterPool(1, str(tmp_path))
+    pool = WarmInterpreterPool(1, str(tmp_path), refill_delay=0.2)
     cmd = [DASK, "scheduler", "--host", "127.0.0.1"]
     try:
         await pool.warm(cmd, job_env(str(tmp_path)))
