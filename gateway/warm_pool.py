@@ -24,6 +24,8 @@ import logging
 import os
 from collections.abc import Mapping
 
+import psutil
+
 from clusterhub import procs
 
 # Variables read while Python starts or while Dask is imported, which the assignment cannot
@@ -39,6 +41,14 @@ FINGERPRINT_VARIABLES = (
 BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
 
 Fingerprint = tuple[str, tuple[str, ...]]
+# Refills wait until less than this share of the machine's CPU was busy over a delay.
+QUIET_CPU_FRACTION = 0.5
+
+
+def _busy_fraction(before, after) -> float:
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0)) - (before.idle + getattr(before, "iowait", 0))
+    return 1.0 - idle / total if total > 0 else 0.0
 
 
 def fingerprint(cmd: list[str], env: Mapping[str, str]) -> Fingerprint | None:
@@ -59,18 +69,19 @@ class WarmInterpreterPool:
         size: int,
         workdir: str,
         log: logging.Logger | None = None,
-        refill_delay: float = 3.0,
+        refill_delay: float = 1.0,
     ) -> None:
         self.size = size
         self.workdir = workdir
         self.log = log or logging.getLogger(__name__)
         # Refilling imports Dask in new interpreters: on a small machine that would take the
-        # cores from the scheduler and workers just handed out, so it waits for a quiet spell.
+        # cores from the schedulers and workers just handed out, so it waits until the
+        # machine is quiet again (see _refill_when_quiet).
         self.refill_delay = refill_delay
         self._target: Fingerprint | None = None
         self._idle: list[asyncio.subprocess.Process] = []
         self._closed = False
-        self._refill: asyncio.TimerHandle | None = None
+        self._refill: asyncio.Future | None = None
 
     async def warm(self, cmd: list[str], env: Mapping[str, str]) -> None:
         """Aim the pool at the environment of ``cmd`` and fill it."""
@@ -100,15 +111,29 @@ class WarmInterpreterPool:
         return pid
 
     def _schedule_refill(self) -> None:
-        if self._refill is not None:
+        if self._refill is not None and not self._refill.done():
             self._refill.cancel()
-        loop = asyncio.get_running_loop()
-        self._refill = loop.call_later(self.refill_delay, lambda: loop.create_task(self._fill()))
+        self._refill = asyncio.ensure_future(self._refill_when_quiet())
+
+    async def _refill_when_quiet(self, give_up_after: float = 60.0) -> None:
+        """Refill once the machine is mostly idle (the processes just handed out have done
+        their own starting), or after ``give_up_after`` seconds whatever the load."""
+        waited = 0.0
+        before = psutil.cpu_times()
+        while waited < give_up_after:
+            await asyncio.sleep(self.refill_delay)
+            waited += self.refill_delay
+            after = psutil.cpu_times()
+            busy = _busy_fraction(before, after)
+            before = after
+            if busy < QUIET_CPU_FRACTION:
+                break
+        await self._fill()
 
     async def close(self) -> None:
         """Stop every interpreter still waiting for an assignment."""
         self._closed = True
-        if self._refill is not None:
+        if self._refill is not None and not self._refill.done():
             self._refill.cancel()
         await self._stop_idle()
 
