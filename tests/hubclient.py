@@ -8,6 +8,7 @@ Jupyter kernel websocket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import psutil
@@ -154,6 +156,19 @@ class RunningPlatform:
             self._admin_token = response.json()["token"]
         headers = {"Authorization": f"token {self._admin_token}"}
         return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kwargs)
+
+
+@contextlib.contextmanager
+def running_platform(root: str) -> Iterator[RunningPlatform]:
+    """A started platform under ``root``; stopped afterwards, and nothing may be left running."""
+    running = RunningPlatform(root)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        leftovers = running.kill_leftovers()
+        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 class BrowserUser:

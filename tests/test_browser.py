@@ -20,7 +20,7 @@ import re
 import shutil
 
 import pytest
-from hubclient import BrowserUser, RunningPlatform
+from hubclient import BrowserUser, running_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -70,14 +70,8 @@ def output_dir() -> str:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    running = RunningPlatform(str(tmp_path_factory.mktemp("platform")))
-    running.start()
-    try:
+    with running_platform(str(tmp_path_factory.mktemp("platform"))) as running:
         yield running
-    finally:
-        running.stop()
-        leftovers = running.kill_leftovers()
-        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 @pytest.fixture(scope="module")

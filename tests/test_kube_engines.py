@@ -42,7 +42,7 @@ from clusterhub.spawner import kubeobjects as ko  # noqa: E402
 from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import StandInUser, kube_options  # noqa: E402
+from tests.kube import StandInUser, busy_ports, kube_options  # noqa: E402
 
 if TYPE_CHECKING:
     from clusterhub.spawner.kube import KubeSpaceSpawner
@@ -120,17 +120,6 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
         await asyncio.sleep(interval)
-
-
-def busy_ports(ports: tuple[int, ...]) -> list[int]:
-    busy = []
-    for port in ports:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                busy.append(port)
-    return busy
 
 
 async def wait_ports_free(ports: tuple[int, ...]) -> None:

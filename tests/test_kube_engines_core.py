@@ -18,7 +18,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from clusterhub.spawner.kubespace import (  # noqa: E402
     make_space_objects,
     notebook_limits_env,
 )
+from tests.kube import busy_ports, wait_for  # noqa: E402
 from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -85,31 +85,6 @@ _PATHS = {
     "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
 }
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        time.sleep(interval)
-
-
-def busy(ports: tuple[int, ...]) -> list[int]:
-    found = []
-    for port in ports:
-        with socket.socket() as sock:
-            # As the engines bind (zmq sets SO_REUSEADDR): a TIME_WAIT left by an earlier
-            # run is no obstacle, a listener is.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                found.append(port)
-    return found
 
 
 class Admin:
@@ -180,9 +155,9 @@ def cluster() -> Iterator[KubeCluster]:
     # Fixed ports: engines of an earlier test may still be going away; anything else is a
     # collision with another run on this machine, which no retry can fix.
     try:
-        wait_for(lambda: not busy(IPP_PORTS), 20, "the IPyParallel ports to be free")
+        wait_for(lambda: not busy_ports(IPP_PORTS), 20, "the IPyParallel ports to be free")
     except AssertionError:
-        pytest.fail(f"ports {busy(IPP_PORTS)} are in use: the IPyParallel engines need them")
+        pytest.fail(f"ports {busy_ports(IPP_PORTS)} are in use: the IPyParallel engines need them")
     workdir = tempfile.mkdtemp(prefix="kube-core-")
     home = os.path.join(workdir, "home")
     os.makedirs(home)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +28,7 @@ from test_kube_spawner import Kubectl, RunningKubeHub, spawn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clusterhub.spawner import kubeobjects as ko  # noqa: E402
+from tests.kube import busy_ports, wait_for  # noqa: E402
 from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -81,35 +80,11 @@ c.KubeSpaceSpawner.volume_mounts = [{{"name": "home", "mountPath": {home!r}}}]
 """
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        time.sleep(interval)
-
-
-def busy(ports: tuple[int, ...]) -> list[int]:
-    found = []
-    for port in ports:
-        with socket.socket() as sock:
-            # As the engines bind: only a listener is in the way, not a TIME_WAIT.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                found.append(port)
-    return found
-
-
 def ports_free(ports: tuple[int, ...]) -> None:
     try:
-        wait_for(lambda: not busy(ports), 20, "the fixed engine ports to be free")
+        wait_for(lambda: not busy_ports(ports), 20, "the fixed engine ports to be free")
     except AssertionError:
-        pytest.fail(f"ports {busy(ports)} are in use: the engines need them (fixed ports)")
+        pytest.fail(f"ports {busy_ports(ports)} are in use: the engines need them (fixed ports)")
 
 
 def last_json(output: str) -> dict[str, Any]:

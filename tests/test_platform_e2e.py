@@ -16,7 +16,7 @@ import time
 
 import psutil
 import pytest
-from hubclient import BrowserUser, RunningPlatform, marked_processes
+from hubclient import BrowserUser, RunningPlatform, marked_processes, running_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,14 +25,8 @@ SPACE_MARKER = "CLUSTERHUB_SPACE"
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    running = RunningPlatform(str(tmp_path_factory.mktemp("platform")))
-    running.start()
-    try:
+    with running_platform(str(tmp_path_factory.mktemp("platform"))) as running:
         yield running
-    finally:
-        running.stop()
-        leftovers = running.kill_leftovers()
-        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def is_loopback(address: str) -> bool:

@@ -21,13 +21,23 @@ that may run from elsewhere can prepend the root to ``sys.path`` before importin
 ``tests/test_kube_emulator.py`` does.
 """
 
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .emulator import ApiError, KubeEmulator
 from .kubelet import ProcessKubelet
 
-__all__ = ["ApiError", "KubeEmulator", "ProcessKubelet", "StandInUser", "kube_options"]
+__all__ = [
+    "ApiError",
+    "KubeEmulator",
+    "ProcessKubelet",
+    "StandInUser",
+    "busy_ports",
+    "kube_options",
+    "wait_for",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,3 +71,30 @@ class StandInUser:
 
     def progress_url(self, server_name: str = "") -> str:
         return f"/hub/api/users/{self.name}/server/progress"
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something true, and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        time.sleep(interval)
+
+
+def busy_ports(ports: tuple[int, ...]) -> list[int]:
+    """The ones of ``ports`` on 127.0.0.1 that a listener holds (the engines' fixed ports)."""
+    found = []
+    for port in ports:
+        with socket.socket() as sock:
+            # As the engines bind (zmq sets SO_REUSEADDR): a TIME_WAIT left by an earlier
+            # run is no obstacle, a listener is.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                found.append(port)
+    return found
