@@ -14,11 +14,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import requests
-from hubclient import free_port
+from hubclient import free_port, wait_until_healthy
 from test_kube_spawner import HUB_NAMESPACE, Kubectl, RunningKubeHub
 
 BIN = os.path.dirname(sys.executable)
@@ -144,15 +143,8 @@ class GatewayProcess:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.hub.gateway_url}/api/health", timeout=2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
+        if wait_until_healthy(self.proc, f"{self.hub.gateway_url}/api/health", timeout):
+            return self
         raise RuntimeError("gateway did not start:\n" + self.log_tail())
 
     def stop(self, timeout: float = 60) -> None:

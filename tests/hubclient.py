@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlparse
@@ -156,6 +157,20 @@ class RunningPlatform:
             self._admin_token = response.json()["token"]
         headers = {"Authorization": f"token {self._admin_token}"}
         return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kwargs)
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers; False if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            if proc.poll() is not None:
+                return False
+            time.sleep(0.2)
+    return False
 
 
 @contextlib.contextmanager

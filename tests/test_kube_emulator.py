@@ -10,7 +10,6 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,25 +29,12 @@ from kubernetes_asyncio.watch import Watch  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
 from tests.kube import StandInUser, kube_options  # noqa: E402
+from tests.kube import wait_for_async as wait_for  # noqa: E402
 
 if TYPE_CHECKING:
     from tests.kube.fixtures import KubeCluster
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float = 10, interval: float = 0.05
-) -> Any:
-    """Poll an async check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 async def wait_gone(pids: list[int], timeout: float = 10) -> None:

@@ -20,9 +20,8 @@ import json
 import os
 import socket
 import sys
-import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
 from tests.kube import StandInUser, busy_ports, kube_options  # noqa: E402
+from tests.kube import wait_for_async as wait_for  # noqa: E402
 
 if TYPE_CHECKING:
     from clusterhub.spawner.kube import KubeSpaceSpawner
@@ -106,20 +106,6 @@ rc.close()
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.2
-) -> Any:
-    """Poll an async check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 async def wait_ports_free(ports: tuple[int, ...]) -> None:

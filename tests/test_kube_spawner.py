@@ -13,13 +13,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import psutil
 import pytest
 import requests
-from hubclient import BrowserUser, RunningPlatform, free_port
+from hubclient import BrowserUser, RunningPlatform, free_port, wait_until_healthy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.kube.fixtures import KubeCluster  # noqa: E402
@@ -103,15 +101,8 @@ class RunningKubeHub(RunningPlatform):
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/hub/health", timeout=2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
+        if wait_until_healthy(self.proc, f"{self.url}/hub/health", timeout):
+            return self
         raise RuntimeError("hub did not start: " + self.log_tail())
 
     def log_tail(self) -> str:

@@ -77,24 +77,22 @@ def fetch_source(source: Source, dest: str, progress: Progress) -> str:
         timeout=600,
     )
     ref = source.ref or "HEAD"
-    try:
-        commit = progress.run(
-            ["git", "-C", dest, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-            what="rev-parse",
-            env=_git_env(),
-        ).strip()
-    except BuildError:
-        # A branch that exists only on the remote: clone made it origin/<branch>.
+    commit = ""
+    # A branch that exists only on the remote: clone made it origin/<branch>.
+    for name in (ref, f"origin/{ref}"):
         try:
             commit = progress.run(
-                ["git", "-C", dest, "rev-parse", "--verify", "--quiet", f"origin/{ref}^{{commit}}"],
+                ["git", "-C", dest, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
                 what="rev-parse",
                 env=_git_env(),
             ).strip()
+            break
         except BuildError:
-            raise BuildError(
-                STEP, f"--ref {source.ref!r} is not a branch, tag or commit of {source.location}"
-            ) from None
+            continue
+    if not commit:
+        raise BuildError(
+            STEP, f"--ref {source.ref!r} is not a branch, tag or commit of {source.location}"
+        )
     progress.run(
         ["git", "-C", dest, "-c", "advice.detachedHead=false", "checkout", "--quiet", commit],
         what=f"git checkout {ref}",

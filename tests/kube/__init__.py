@@ -21,9 +21,10 @@ that may run from elsewhere can prepend the root to ``sys.path`` before importin
 ``tests/test_kube_emulator.py`` does.
 """
 
+import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .emulator import ApiError, KubeEmulator
@@ -37,6 +38,7 @@ __all__ = [
     "busy_ports",
     "kube_options",
     "wait_for",
+    "wait_for_async",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,6 +85,23 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
         time.sleep(interval)
+
+
+async def wait_for_async(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 10,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
+    """Await ``check`` until it returns something true, and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
+        await asyncio.sleep(interval)
 
 
 def busy_ports(ports: tuple[int, ...]) -> list[int]:
