@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,9 +27,9 @@ sys.path.insert(0, ROOT)
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from clusterhub.ports import free_port as chosen_port  # outside the ephemeral range
+
+    return chosen_port()
 
 
 def answers(url: str) -> bool:

@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
+# Where chosen ports come from when the kernel's ephemeral range leaves room below it.
+CHOSEN_PORTS_LOW = 20000
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out for port 0 and for outgoing connections."""
+    try:
+        with open(EPHEMERAL_RANGE_FILE) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
+    """A TCP port that is free on ``host`` now and that no one else is handed meanwhile.
+
+    A port chosen now is often bound much later: the hub, the gateway and its proxy, a
+    Spark master all start after their ports are written into settings, and the gateway
+    is restarted on the same ports. A port from the kernel's ephemeral range (what port 0
+    gives) can be handed to any other program in between, for its own port 0 or as the
+    source port of an outgoing connection, and the later bind then fails. So ports are
+    chosen below that range, where the kernel never hands one out on its own, and never
+    twice by this process.
+    """
+    low, _ = ephemeral_range()
+    if low - CHOSEN_PORTS_LOW >= 1000:
+        for _ in range(200):
+            port = random.randrange(CHOSEN_PORTS_LOW, low)
+            if port not in _handed_out and _bindable(host, port):
+                _handed_out.add(port)
+                return port
+    # No room below the ephemeral range: the kernel's choice, free at least now.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def port_is_free(host: str, port: int) -> bool:

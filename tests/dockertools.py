@@ -149,11 +149,15 @@ class DockerDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dockerd exited at start:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self.stop()  # containerd may have started before dockerd gave up
+                raise RuntimeError(f"dockerd exited at start:\n{tail}")
             if self.socket.exists() and self.docker("version", check=False).returncode == 0:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"dockerd did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        tail = self.log_tail()
+        self.stop()
+        raise RuntimeError(f"dockerd did not answer within {timeout:.0f} s:\n{tail}")
 
     def stop(self) -> None:
         """Remove every container, stop the daemon and everything it started, delete root."""

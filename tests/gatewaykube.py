@@ -145,7 +145,38 @@ class GatewayProcess:
         )
         if wait_until_healthy(self.proc, f"{self.hub.gateway_url}/api/health", timeout):
             return self
-        raise RuntimeError("gateway did not start:\n" + self.log_tail())
+        report = self.diagnose()
+        self.stop()  # never leave a half-started gateway holding its ports
+        raise RuntimeError("gateway did not start:\n" + report)
+
+    def diagnose(self) -> str:
+        """Why a start failed: who listens on the gateway's ports, what each answers, and
+        the end of its log."""
+        import psutil
+
+        with open(self.hub.settings_file) as f:
+            settings = json.load(f)
+        lines = [f"gateway pid {self.proc.pid}, exit code {self.proc.poll()}"]
+        for name in ("gateway_http_port", "gateway_tcp_port", "gateway_api_port"):
+            port = settings[name]
+            owners = []
+            for conn in psutil.net_connections("tcp"):
+                if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN":
+                    try:
+                        owners.append(f"{conn.pid} {' '.join(psutil.Process(conn.pid).cmdline())}")
+                    except (psutil.Error, TypeError):
+                        owners.append(str(conn.pid))
+            lines.append(f"{name} {port}: listening {owners or 'nobody'}")
+        for url in (
+            f"{self.hub.gateway_url}/api/health",
+            f"http://127.0.0.1:{settings['gateway_api_port']}/api/health",
+        ):
+            try:
+                answer = requests.get(url, timeout=5)
+                lines.append(f"GET {url}: {answer.status_code} {answer.text[:200]!r}")
+            except requests.RequestException as exc:
+                lines.append(f"GET {url}: {type(exc).__name__}")
+        return "\n".join(lines) + "\n" + self.log_tail(120)
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc is None:
@@ -214,8 +245,8 @@ def running_kube_cluster(prefix: str, **options) -> Iterator:
     os.makedirs(home)
     base_env = {"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home}
     kube = KubeCluster(workdir, base_env=base_env, **options)
-    kube.start()
     try:
+        kube.start()
         yield kube
     finally:
         kube.stop()

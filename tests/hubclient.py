@@ -35,11 +35,10 @@ class PlatformError(RuntimeError):
 
 
 def free_port() -> int:
-    import socket
+    # Outside the ephemeral range: nothing else takes it before its component binds it.
+    from clusterhub.ports import free_port as chosen_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return chosen_port()
 
 
 def marked_processes(marker: str, value: str) -> list[psutil.Process]:

@@ -1,8 +1,9 @@
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,44 +61,65 @@ def test_unknown_mode_and_missing_settings_are_refused_clearly():
         command_for("ipengine", [], {})
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def scheduler_address(scheduler_file, proc: subprocess.Popen, timeout: float = 60) -> str:
+    """The address a scheduler that bound port 0 reports in its scheduler file."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scheduler_file.exists():
+            try:
+                return json.loads(scheduler_file.read_text())["address"]
+            except (ValueError, KeyError):
+                pass  # still being written
+        time.sleep(0.1)
+    raise AssertionError(f"the scheduler reported no address (exit code {proc.poll()})")
 
 
 @pytest.mark.slow
 def test_a_scheduler_and_a_worker_started_through_the_entrypoint_run_a_task(tmp_path):
     from distributed import Client
 
-    port, dashboard = free_port(), free_port()
     env = {**os.environ, "CLUSTERHUB_BIND_HOST": "127.0.0.1", "HOME": str(tmp_path)}
-    env["DASK_SCHEDULER_ADDRESS"] = f"tcp://127.0.0.1:{port}"
     entry = [sys.executable, "-m", "clusterhub.engines.entrypoint"]
+    # Port 0: the scheduler takes a free port and reports it, so no other process can take
+    # the port between our choosing it and the scheduler binding it.
+    scheduler_file = tmp_path / "scheduler.json"
     scheduler = subprocess.Popen(
-        [*entry, "dask-scheduler", "--port", str(port), "--dashboard-address", f":{dashboard}"],
+        [
+            *entry,
+            "dask-scheduler",
+            "--port",
+            "0",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    worker = subprocess.Popen(
-        [*entry, "dask-worker", "--nthreads", "1", "--no-dashboard"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = None
     try:
-        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+        address = scheduler_address(scheduler_file, scheduler)
+        env["DASK_SCHEDULER_ADDRESS"] = address
+        worker = subprocess.Popen(
+            [*entry, "dask-worker", "--nthreads", "1", "--no-dashboard"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        with Client(address, timeout=60) as client:
             client.wait_for_workers(1, timeout=60)
             assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
     finally:
-        for proc in (worker, scheduler):
+        running = [p for p in (worker, scheduler) if p is not None]
+        for proc in running:
             os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (worker, scheduler):
+        for proc in running:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:

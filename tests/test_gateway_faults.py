@@ -67,9 +67,9 @@ def start_gateway(hub):
     started = []
 
     def start(extra_config: str) -> GatewayProcess:
-        process = GatewayProcess(hub, extra_config).start()
-        started.append(process)
-        return process
+        process = GatewayProcess(hub, extra_config)
+        started.append(process)  # stopped below even if its start fails half-way
+        return process.start()
 
     yield start
     for process in started:

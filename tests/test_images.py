@@ -61,9 +61,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    from clusterhub.ports import free_port as chosen_port  # outside the ephemeral range
+
+    return chosen_port()
 
 
 def port_open(port: int) -> bool:

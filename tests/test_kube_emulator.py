@@ -52,9 +52,9 @@ def _alive(pid: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    from clusterhub.ports import free_port as chosen_port  # outside the ephemeral range
+
+    return chosen_port()
 
 
 async def http_status(url: str) -> int:

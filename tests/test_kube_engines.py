@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -198,11 +197,10 @@ def make_spawner(username: str, profile: str) -> KubeSpaceSpawner:
     from jupyterhub.objects import Hub
     from traitlets.config import Config
 
+    from clusterhub.ports import free_port
     from clusterhub.spawner.kube import KubeSpaceSpawner
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cfg = Config()
     section = cfg.KubeSpaceSpawner
     section.hub_namespace = "hub"

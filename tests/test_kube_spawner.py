@@ -32,12 +32,10 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_HUB_CONFIG = """
 # Every pod of the process-kubelet shares this machine's network: give each notebook its
 # own port on loopback. A real cluster gives each pod its own address instead.
-import socket
+from clusterhub.ports import free_port
 
 def _own_port(spawner):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        spawner.port = sock.getsockname()[1]
+    spawner.port = free_port()
 
 c.KubeSpaceSpawner.pre_spawn_hook = _own_port
 c.KubeSpaceSpawner.ip = "127.0.0.1"
@@ -103,7 +101,9 @@ class RunningKubeHub(RunningPlatform):
         )
         if wait_until_healthy(self.proc, f"{self.url}/hub/health", timeout):
             return self
-        raise RuntimeError("hub did not start: " + self.log_tail())
+        tail = self.log_tail()
+        self.stop()  # and its proxy: nothing half-started stays behind
+        raise RuntimeError("hub did not start: " + tail)
 
     def log_tail(self) -> str:
         with open(os.path.join(self.root, "hub.log"), errors="replace") as f:
@@ -187,8 +187,8 @@ def cluster():
         workdir,
         base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
     )
-    kube.start()
     try:
+        kube.start()
         yield kube
     finally:
         kube.stop()

@@ -84,14 +84,18 @@ class KubeCluster:
 
     def start(self) -> KubeCluster:
         self.emulator.start()
-        if self._kubelet_options is not None:
-            self.kubelet = ProcessKubelet(
-                self.emulator.url,
-                self.emulator.token,
-                self.workdir / "kubelet",
-                **self._kubelet_options,
-            )
-            self.kubelet.start()
+        try:
+            if self._kubelet_options is not None:
+                self.kubelet = ProcessKubelet(
+                    self.emulator.url,
+                    self.emulator.token,
+                    self.workdir / "kubelet",
+                    **self._kubelet_options,
+                )
+                self.kubelet.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,104 @@
+"""Run a command as a child subreaper; afterwards, fail if any process it started is left.
+
+    python3 .ci/reap.py COMMAND [ARGS...]
+
+Every process the command starts, however it detaches (setsid, double fork, daemons), is
+re-parented to this process instead of init when its parent exits (Linux's
+PR_SET_CHILD_SUBREAPER). So once the command has exited, whatever is still a descendant of
+this process is a leftover. They are listed (pid, age, command line), killed, and the exit
+status is non-zero, even if the command passed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+# Orphans may take a moment to be re-parented after their parent exits.
+SETTLE_SECONDS = 2.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    result, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        result.append(child)
+        todo += _children(child)
+    return result
+
+
+def describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return f"{pid} (gone)"
+    if state == "Z":
+        return f"{pid} (zombie)"
+    return f"{pid} {cmdline[:300] or '[no command line]'}"
+
+
+def reap_zombies() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("reap.py: cannot become a child subreaper; leftovers go unchecked", file=sys.stderr)
+    command = subprocess.Popen(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: command.send_signal(s))
+    code = command.wait()
+    deadline = time.monotonic() + SETTLE_SECONDS
+    left: list[int] = []
+    while time.monotonic() < deadline:
+        reap_zombies()
+        left = descendants(os.getpid())
+        if not left:
+            break
+        time.sleep(0.2)
+    if not left:
+        return code
+    print(f"\nreap.py: {len(left)} processes were left behind by the tests:", file=sys.stderr)
+    for pid in left:
+        print(f"  {describe(pid)}", file=sys.stderr)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.5)
+    reap_zombies()
+    return code or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
