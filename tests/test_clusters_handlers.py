@@ -76,7 +76,9 @@ def api(server, jp_fetch, jp_asyncio_loop):
     """``api(method, *path, body=..., raw=..., params=...)`` -> (status, JSON answer)."""
 
     def call(method, *path, body=None, raw=None, params=None):
-        kwargs = {"method": method, "raise_error": False}
+        # Stopping an engine waits for its processes (up to 10 s each): a busy machine needs
+        # longer than the client's default 20 s.
+        kwargs = {"method": method, "raise_error": False, "request_timeout": 120}
         if body is not None:
             kwargs["body"] = json.dumps(body)
         elif raw is not None:
