@@ -8,16 +8,47 @@ import sys
 from . import __version__
 
 
-def _port(text: str) -> int:
+def _count(flag: str, low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} must be a whole number from {low} to {high}, not {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag} must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+def _uid_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
     try:
-        value = int(text)
+        if not sep:
+            raise ValueError
+        first, last = int(low), int(high)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--port must be a whole number from 1 to 65535, not {text!r}"
+            f"--uid-range must be MIN-MAX, e.g. 20000-29999, not {text!r}"
         ) from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"--port must be from 1 to 65535, not {value}")
-    return value
+    if not 1000 <= first <= last <= 2**31 - 2:
+        raise argparse.ArgumentTypeError(
+            f"--uid-range must satisfy 1000 <= MIN <= MAX <= 2147483646, not {text!r}"
+        )
+    return first, last
+
+
+def _account_prefix(text: str) -> str:
+    from .accounts import AccountPolicy
+
+    try:
+        AccountPolicy(prefix=text).check()
+    except ValueError as exc:
+        message = str(exc).replace("account_prefix", "--account-prefix")
+        raise argparse.ArgumentTypeError(message) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         "machine. Users log in with any name and the workshop code.",
     )
     up.add_argument(
-        "--port", type=_port, default=8000, help="public port of the hub (default: 8000)"
+        "--port",
+        type=_count("--port", 1, 65535),
+        default=8000,
+        help="public port of the hub (default: 8000)",
     )
     up.add_argument(
         "--ip",
@@ -59,6 +93,41 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="an extra JupyterHub config file (Python), loaded after clusterhub's own",
+    )
+    accounts = up.add_argument_group(
+        "attendees (as root)",
+        "Run as root, each attendee gets a system account of their own and a control group "
+        "(memory, CPU, processes); run as another user, everyone shares that account.",
+    )
+    accounts.add_argument(
+        "--single-account",
+        action="store_true",
+        help="as root too, run every attendee as this account (no boundary between them)",
+    )
+    accounts.add_argument(
+        "--account-prefix",
+        type=_account_prefix,
+        default="ch-",
+        help="prefix of the attendees' system accounts (default: ch-)",
+    )
+    accounts.add_argument(
+        "--uid-range",
+        type=_uid_range,
+        default=(20000, 29999),
+        metavar="MIN-MAX",
+        help="uids (and gids) of the attendees' accounts (default: 20000-29999)",
+    )
+    accounts.add_argument(
+        "--max-accounts",
+        type=_count("--max-accounts", 0, 100000),
+        default=0,
+        help="most attendee accounts this platform makes; 0: no limit (default)",
+    )
+    accounts.add_argument(
+        "--max-servers",
+        type=_count("--max-servers", 0, 100000),
+        default=0,
+        help="most attendee servers running at once; 0: no limit (default)",
     )
     _add_build(commands)
     return parser

@@ -56,7 +56,7 @@ def _configure_common(c, settings: PlatformSettings) -> None:
     c.JupyterHub.cleanup_proxy = True
 
     # Login: any name plus the workshop code; admins with the admin password.
-    c.JupyterHub.authenticator_class = "shared-password"
+    c.JupyterHub.authenticator_class = "clusterhub.auth.WorkshopAuthenticator"
     c.SharedPasswordAuthenticator.user_password = settings.workshop_code
     c.SharedPasswordAuthenticator.admin_password = settings.admin_password
     c.Authenticator.admin_users = set(settings.admin_users)
@@ -109,6 +109,13 @@ def _configure_local(c, settings: PlatformSettings) -> None:
     c.LocalSpaceSpawner.data_dir = settings.data_dir
     c.LocalSpaceSpawner.gateway_url = settings.gateway_url
     c.LocalSpaceSpawner.gateway_proxy_address = settings.gateway_proxy_address
+    c.LocalSpaceSpawner.user_accounts = settings.user_accounts
+    c.LocalSpaceSpawner.account_prefix = settings.account_prefix
+    c.LocalSpaceSpawner.account_uid_min = settings.account_uid_min
+    c.LocalSpaceSpawner.account_uid_max = settings.account_uid_max
+    c.LocalSpaceSpawner.max_accounts = settings.max_accounts
+    # A full room: JupyterHub answers new spawns with 429 and "try again in a few minutes".
+    c.JupyterHub.active_server_limit = settings.max_servers
     c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
 
     gateway_config = os.path.join(os.path.dirname(gateway.__file__), "dask_gateway_config.py")

@@ -13,11 +13,13 @@ started their own sessions and so escape a process-group kill.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import psutil
@@ -121,13 +123,16 @@ def _terminate_processes(procs: list[psutil.Process], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def find_marked(marker: str, value: str, cwd_under: str | None = None) -> list[psutil.Process]:
+def find_marked(
+    marker: str, value: str, cwd_under: str | None = None, uid: int | None = None
+) -> list[psutil.Process]:
     """Every process (but this one) whose environment has ``marker=value``.
 
     With ``cwd_under``, also every process working inside that directory: a process that
     took on its environment after it started (a warm interpreter, see
     ``clusterhub.gateway.warm_pool``) shows the kernel its starting environment only, but
-    its working directory is always current.
+    its working directory is always current. With ``uid``, only processes whose real uid
+    is ``uid``.
     """
     found = []
     me = os.getpid()
@@ -138,6 +143,8 @@ def find_marked(marker: str, value: str, cwd_under: str | None = None) -> list[p
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
+            if uid is not None and proc.uids().real != uid:
+                continue
             if proc.environ().get(marker) == value or (
                 inside is not None and os.path.join(proc.cwd(), "").startswith(inside)
             ):
@@ -147,11 +154,36 @@ def find_marked(marker: str, value: str, cwd_under: str | None = None) -> list[p
     return found
 
 
-def sweep(marker: str, value: str, timeout: float = 5.0, cwd_under: str | None = None) -> int:
-    """Stop every process marked ``marker=value`` (or working under ``cwd_under``); count them."""
-    procs = find_marked(marker, value, cwd_under)
+def sweep(
+    marker: str,
+    value: str,
+    timeout: float = 5.0,
+    cwd_under: str | None = None,
+    uid: int | None = None,
+) -> int:
+    """Stop every process marked ``marker=value`` (or working under ``cwd_under``), of
+    ``uid`` if given; count them."""
+    procs = find_marked(marker, value, cwd_under, uid)
     _terminate_processes(procs, timeout)
     return len(procs)
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (made if missing) for the block.
+
+    Engines are scaled from several places at once (the sidebar, the widget, a kernel, the
+    hub stopping the space): each change reads what runs and starts or stops the
+    difference, so two at once would both start it. The lock makes them take turns, across
+    processes.
+    """
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

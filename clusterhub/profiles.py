@@ -192,19 +192,37 @@ def options_from_form(profiles: list[dict[str, Any]], formdata: Mapping[str, lis
     return validate_options(profiles, flat)
 
 
-def render_form(profiles: list[dict[str, Any]]) -> str:
-    """The spawn form: one radio button per profile, number fields bounded by the profile."""
+def memory_budget_gib(profile: Mapping[str, Any], notebook_memory_gib: int) -> int:
+    """A user's memory limit with ``profile``: the notebook, plus for Dask and each engine
+    its maximum workers at their maximum memory."""
+    clusters = 1 + len(profile["engines"])
+    per_cluster = profile["workers"]["max"] * profile["worker_memory_gib"]["max"]
+    return notebook_memory_gib + clusters * per_cluster
+
+
+def render_form(profiles: list[dict[str, Any]], notebook_memory_gib: int | None = None) -> str:
+    """The spawn form: one radio button per profile, number fields bounded by the profile.
+
+    With ``notebook_memory_gib`` (users are fenced), each profile shows its memory limit."""
     chosen = default_profile(profiles)
     rows = []
     for profile in profiles:
         checked = " checked" if profile is chosen else ""
         engines = ", ".join(["dask", *profile["engines"]])
+        limit = ""
+        if notebook_memory_gib is not None:
+            budget = memory_budget_gib(profile, notebook_memory_gib)
+            limit = (
+                f'<br><small class="clusterhub-memory-limit">Memory limit: {budget} GiB '
+                f"(notebook {notebook_memory_gib} GiB + up to {profile['workers']['max']} "
+                f"workers x {profile['worker_memory_gib']['max']} GiB per cluster)</small>"
+            )
         rows.append(
             '<label class="clusterhub-profile" style="display:block;margin-bottom:.5em">'
             f'<input type="radio" name="profile" value="{html.escape(profile["slug"])}"{checked}>'
             f" <strong>{html.escape(profile['display_name'])}</strong>"
             f" <small>({html.escape(engines)})</small><br>"
-            f"<span>{html.escape(profile['description'])}</span></label>"
+            f"<span>{html.escape(profile['description'])}</span>{limit}</label>"
         )
     top = {field: max(p[field]["max"] for p in profiles) for field in SIZE_FIELDS}
     for field, (label, low, _high) in SIZE_FIELDS.items():

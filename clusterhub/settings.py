@@ -43,6 +43,13 @@ class PlatformSettings:
     extra_config_file: str = ""
     cull_idle_timeout: int = 3600
     concurrent_spawn_limit: int = 50
+    # Local mode, as root: one system account and control group per user.
+    user_accounts: bool = False
+    account_prefix: str = "ch-"
+    account_uid_min: int = 20000
+    account_uid_max: int = 29999
+    max_accounts: int = 0
+    max_servers: int = 0
     mode: str = "local"
     kubernetes: dict = field(default_factory=dict)
 

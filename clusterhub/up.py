@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from cryptography.fernet import Fernet
 
 from . import procs
+from .accounts import Account
+from .fences import platform_id, remove_platform_groups
+from .fences import unavailable_reason as fence_unavailable_reason
 from .ports import free_port, port_is_free
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings
 from .space import read_json, write_json_atomic
@@ -128,6 +131,36 @@ def check_java() -> None:
         raise UsageError(f"{reason} (the Spark profiles need it)")
 
 
+def _others_cannot_reach(path: str) -> str | None:
+    """The first directory on ``path``'s way that other accounts cannot pass, or None."""
+    current = "/"
+    for part in os.path.abspath(path).strip("/").split("/"):
+        current = os.path.join(current, part)
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return current
+        if os.path.isdir(current) and not mode & 0o001:
+            return current
+    return None
+
+
+def check_shared_install() -> None:
+    """Per-user accounts run the platform's Python: every account must be able to."""
+    places = {
+        "the Python interpreter": os.path.realpath(sys.executable),
+        "clusterhub": os.path.dirname(os.path.abspath(__file__)),
+    }
+    for what, path in places.items():
+        blocked = _others_cannot_reach(path)
+        if blocked:
+            raise UsageError(
+                f"attendees' accounts cannot reach {what} ({path}): {blocked} is closed to "
+                "other users. Install clusterhub with a system Python outside /root "
+                "(./bootstrap does), or run with --single-account"
+            )
+
+
 def check_data_dir(path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
     try:
@@ -188,6 +221,32 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+# Who may enter what in the data dir. The platform's own state (hub and gateway databases,
+# the cookie secret, settings, logs) is the platform account's alone; every account may pass
+# through data_dir, homes/ and spaces/ to reach its own entry (0711: no listing), and run the
+# built environments.
+DATA_DIR_MODES = {
+    "": 0o711,
+    "hub": 0o700,
+    "gateway": 0o700,
+    "logs": 0o700,
+    "run": 0o700,
+    "homes": 0o711,
+    "spaces": 0o711,
+    "environments": 0o755,
+}
+
+
+def secure_data_dir(settings: PlatformSettings) -> None:
+    for sub, mode in DATA_DIR_MODES.items():
+        path = settings.path(sub) if sub else settings.data_dir
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, mode)
+    secrets_file = settings.path("secrets.json")
+    if os.path.exists(secrets_file):
+        os.chmod(secrets_file, 0o600)
+
+
 class Platform:
     def __init__(self, settings: PlatformSettings):
         self.settings = settings
@@ -198,6 +257,7 @@ class Platform:
         s = self.settings
         for sub in ("hub", "gateway", "homes", "spaces", "logs", "run"):
             os.makedirs(s.path(sub), exist_ok=True)
+        secure_data_dir(s)
         settings_file = s.path("run", "settings.json")
         s.save(settings_file)
         env = dict(os.environ)
@@ -259,6 +319,11 @@ class Platform:
         left = procs.sweep(procs.PLATFORM_MARKER, self.settings.data_dir)
         if left:
             _say(f"  stopped {left} leftover processes")
+        if self.settings.user_accounts:
+            # Users' control groups, and anything still in them.
+            left = remove_platform_groups(platform_id(self.settings.data_dir))
+            if left:
+                _say(f"  removed {left} leftover control groups")
 
 
 def resolve_settings(args) -> tuple[PlatformSettings, bool]:
@@ -277,6 +342,9 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
             f"port {args.port} on {where} is in use: stop what uses it, or choose another "
             "with --port"
         )
+    user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
+    if user_accounts:
+        check_shared_install()
     data_dir = check_data_dir(args.data_dir or "~/.clusterhub")
     pidfile = os.path.join(data_dir, "hub", "jupyterhub.pid")
     if os.path.exists(pidfile):
@@ -306,8 +374,32 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         gateway_tcp_port=free_port(),
         proxy_command=proxy,
         extra_config_file=config_file,
+        user_accounts=user_accounts,
+        account_prefix=getattr(args, "account_prefix", "ch-"),
+        account_uid_min=getattr(args, "uid_range", (20000, 29999))[0],
+        account_uid_max=getattr(args, "uid_range", (20000, 29999))[1],
+        max_accounts=getattr(args, "max_accounts", 0),
+        max_servers=getattr(args, "max_servers", 0),
     )
     return settings, generated
+
+
+def describe_isolation(settings: PlatformSettings) -> list[str]:
+    """One line on who attendees run as, one more if they cannot be fenced."""
+    if not settings.user_accounts:
+        account = Account.current().name
+        return [
+            f"  attendees:     every attendee runs as {account} (single account: no boundary "
+            "between them; run as root for one account each)"
+        ]
+    lines = [
+        f"  attendees:     one system account each ({settings.account_prefix}<name>, uids "
+        f"{settings.account_uid_min}-{settings.account_uid_max})"
+    ]
+    reason = fence_unavailable_reason()
+    if reason:
+        lines.append(f"  fences:        none, attendees run unfenced: {reason}")
+    return lines
 
 
 def run_up(args) -> int:
@@ -334,6 +426,8 @@ def run_up(args) -> int:
             _say(f"  workshop code: {settings.workshop_code}{note}")
             _say(f"  admin login:   {settings.admin_users[0]} / {settings.admin_password}")
             _say(f"  Dask Gateway:  {settings.local_url.rstrip('/')}{GATEWAY_PREFIX}/")
+            for line in describe_isolation(settings):
+                _say(line)
             _say("Press Ctrl-C to stop everything.")
         while not stop_requested:
             if platform.hub.poll() is not None:

@@ -10,11 +10,16 @@ them. On top of it:
   never outlive the notebook that made it);
 - the user's profile bounds what a cluster may ask for.
 
-It derives from ``UnsafeLocalBackend`` because locally every user's processes
-run as the platform's account (as with JupyterHub's SimpleLocalProcessSpawner):
-there is no per-user Unix account to switch to. ``LocalBackend``'s setuid path
-is also broken in dask-gateway-server 2026.3 (it chowns every character of a
-path), so we write the working directory ourselves.
+With per-user accounts (the hub runs as root, see ``clusterhub.accounts``), a cluster's
+scheduler and workers run as their owner's account, in the owner's control group, as the
+spawner recorded them in the space. The cluster's directory is laid out so that the gateway
+(root) only ever writes where the user cannot: the directory itself, ``certs/`` and
+``logs/`` are the platform's and readable by the owner's group only; ``work/`` (working
+directory and HOME of the processes) is the owner's.
+
+It derives from ``UnsafeLocalBackend`` and does the switching itself: ``LocalBackend``'s
+setuid path is broken in dask-gateway-server 2026.3 (it chowns every character of a path)
+and assumes the hub user name is the Unix name.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import os
 from dask_gateway_server.backends.local import UnsafeLocalBackend
 from traitlets import Float, Integer, Unicode
 
+from clusterhub.accounts import Account
+from clusterhub.fences import Fence
 from clusterhub.space import LocalSpace
 
 from .warm_pool import WarmInterpreterPool
@@ -60,14 +67,38 @@ class LocalSpaceBackend(UnsafeLocalBackend):
     def space(self, username: str) -> LocalSpace:
         return LocalSpace(self.data_dir, username)
 
+    def identity(self, username: str) -> dict:
+        """The owner's account and control group, as their spawner recorded them ({} in the
+        single-account mode)."""
+        state = self.space(username).read_state()
+        return {key: state[key] for key in ("account", "fence") if state.get(key)}
+
     def setup_working_directory(self, cluster) -> str:
-        workdir = self.space(cluster.username).path("dask-gateway", cluster.name)
-        for path in (workdir, self.get_certs_directory(workdir), self.get_logs_directory(workdir)):
-            os.makedirs(path, 0o700, exist_ok=True)
+        space = self.space(cluster.username)
+        workdir = space.path("dask-gateway", cluster.name)
+        account = self.identity(cluster.username).get("account")
+        # Platform-owned, readable by the owner's group only (with an account), made fresh:
+        # nothing below it can be a link the user planted.
+        group = Account.from_dict(account).gid if account else -1
+        mode = 0o750 if account else 0o700
+        for path in (
+            space.path("dask-gateway"),
+            workdir,
+            self.get_certs_directory(workdir),
+            self.get_logs_directory(workdir),
+        ):
+            os.makedirs(path, mode, exist_ok=True)
+            os.chown(path, -1, group, follow_symlinks=False)
+            os.chmod(path, mode)
+        work = os.path.join(workdir, "work")
+        os.makedirs(work, 0o700, exist_ok=True)
+        if account:
+            os.chown(work, account["uid"], account["gid"], follow_symlinks=False)
         cert_path, key_path = self._get_tls_paths(workdir)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
-            with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+            with os.fdopen(os.open(path, flags, 0o640 if account else 0o600), "wb") as f:
+                os.fchown(f.fileno(), -1, group)
                 f.write(data)
         return workdir
 
@@ -89,15 +120,46 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         space = self.space(cluster.username)
         env.update(space.marker_env())
         env.update(space.environment().process_env(env.get("PATH", "")))
-        env["HOME"] = cluster.state.get("workdir") or space.root
+        workdir = cluster.state.get("workdir")
+        env["HOME"] = os.path.join(workdir, "work") if workdir else space.root
         return env
 
     async def start_process(self, cluster, cmd, env, name) -> int:
-        log_path = os.path.join(self.get_logs_directory(cluster.state["workdir"]), name + ".log")
-        pid = await self._warm_pool.start(cmd, env, cluster.state["workdir"], log_path)
+        workdir = cluster.state["workdir"]
+        log_path = os.path.join(self.get_logs_directory(workdir), name + ".log")
+        work = os.path.join(workdir, "work")
+        identity = self.identity(cluster.username)
+        pid = await self._warm_pool.start(cmd, env, work, log_path, identity)
         if pid is None:
-            pid = await super().start_process(cluster, cmd, env, name)
+            pid = await self._start_cold(cmd, env, work, log_path, identity)
         return pid
+
+    async def _start_cold(self, cmd, env, cwd: str, log_path: str, identity: dict) -> int:
+        account = Account.from_dict(identity["account"]) if identity.get("account") else None
+        fence = Fence(**identity["fence"]) if identity.get("fence") else None
+
+        def preexec() -> None:  # in the child: the owner's group, then the owner's account
+            if fence is not None:
+                fence.join()
+            if account is not None:
+                account.become()
+            os.chdir(cwd)
+
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(log_path, flags, 0o640)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                preexec_fn=preexec,
+                start_new_session=True,
+                env=env,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            os.close(fd)
+        return proc.pid
 
     async def do_setup(self) -> None:
         await super().do_setup()

@@ -5,11 +5,15 @@ importing ``distributed`` (about a second each, and the scheduler and the worker
 each need one). The gateway keeps a few of these interpreters ready (see ``warm_pool``).
 Each imports the code, then reads one assignment from stdin, a JSON line::
 
-    {"argv": ["dask", "worker", ...], "env": {...}, "cwd": "...", "log": "..."}
+    {"argv": ["dask", "worker", ...], "env": {...}, "cwd": "...", "log": "...",
+     "account": {...} or null, "fence": {...} or null}
 
-and becomes that ``dask`` command: same arguments, environment, working directory and log
-file as a freshly started process would have. It serves one assignment and no other; with
-no assignment (stdin closed) it exits.
+and becomes that ``dask`` command: same arguments, environment, working directory, log
+file, account and control group as a freshly started process would have. It opens the log
+(in a directory only the platform writes), joins the user's control group and becomes the
+user's account before it touches anything the user controls (the working directory, the
+user's Dask configuration). It serves one assignment and no other; with no assignment
+(stdin closed) it exits.
 
 A worker's nanny starts the worker in a child process, which would import everything again
 (multiprocessing's "spawn"). So while it waits, a warm interpreter also starts a
@@ -18,6 +22,8 @@ worker before it starts (``distributed.nanny.pre-spawn-environ``, with Dask's fi
 seed); a worker then forks from it at once. The nanny hands the worker its whole assigned
 environment (``distributed.nanny.environ``), and the worker works in the assigned directory.
 If the assignment asks for another pre-spawn environment, the worker is spawned as usual.
+The fork server follows this interpreter into the user's account before it forks anything
+(see ``fork_identity``).
 
 Run as ``python -m clusterhub.gateway.warm_interpreter``.
 """
@@ -68,8 +74,16 @@ def _start_fork_server() -> tuple[dict[str, str], int]:
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
-    multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed"])
-    multiprocessing.forkserver.ensure_running()
+    from clusterhub.gateway.fork_identity import WAIT_VARIABLE
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["distributed", "clusterhub.gateway.fork_identity"]
+    )
+    os.environ[WAIT_VARIABLE] = os.getcwd()
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        del os.environ[WAIT_VARIABLE]
     return env, output
 
 
@@ -112,15 +126,39 @@ def _use_fork_server(job: dict, fork_server_env: dict[str, str], output: int) ->
     )
 
 
+def _hand_over_fork_server_files(account) -> None:
+    """The fork server listens on a socket in multiprocessing's private temporary directory,
+    made by us (still root) in a fresh directory: the user's nanny must reach, and at exit
+    remove, it."""
+    import multiprocessing.util
+
+    tempdir = multiprocessing.util.get_temp_dir()
+    for root, dirs, files in os.walk(tempdir):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), account.uid, account.gid, follow_symlinks=False)
+    os.chown(tempdir, account.uid, account.gid, follow_symlinks=False)
+
+
 def _become(job: dict) -> None:
-    """Take on the assignment's files, directory and environment, as exec would have."""
-    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Take on the assignment's files, account, directory and environment, as exec would."""
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    if job.get("fence"):
+        from clusterhub.fences import Fence
+
+        Fence(**job["fence"]).join()
+    if job.get("account"):
+        from clusterhub.accounts import Account
+
+        account = Account.from_dict(job["account"])
+        _hand_over_fork_server_files(account)
+        account.become()
+    # Last: the fork server takes a changed directory as the sign that we are final.
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])

@@ -91,9 +91,17 @@ class WarmInterpreterPool:
             await self._fill()
 
     async def start(
-        self, cmd: list[str], env: Mapping[str, str], cwd: str, log_path: str
+        self,
+        cmd: list[str],
+        env: Mapping[str, str],
+        cwd: str,
+        log_path: str,
+        identity: Mapping | None = None,
     ) -> int | None:
-        """Run ``cmd`` in a warm interpreter and return its pid; None if none can serve it."""
+        """Run ``cmd`` in a warm interpreter and return its pid; None if none can serve it.
+
+        ``identity``: ``{"account": ..., "fence": ...}`` of the user it runs for (see
+        ``warm_interpreter``), or None to stay the gateway's account."""
         if self._closed or self.size <= 0:
             return None
         target = fingerprint(cmd, env)
@@ -106,7 +114,7 @@ class WarmInterpreterPool:
         pid = None
         while self._idle and pid is None:
             proc = self._idle.pop(0)
-            pid = await self._assign(proc, cmd, env, cwd, log_path)
+            pid = await self._assign(proc, cmd, env, cwd, log_path, identity or {})
         self._schedule_refill()
         return pid
 
@@ -144,8 +152,16 @@ class WarmInterpreterPool:
         env: Mapping[str, str],
         cwd: str,
         log_path: str,
+        identity: Mapping,
     ) -> int | None:
-        job = {"argv": ["dask", *cmd[1:]], "env": dict(env), "cwd": cwd, "log": log_path}
+        job = {
+            "argv": ["dask", *cmd[1:]],
+            "env": dict(env),
+            "cwd": cwd,
+            "log": log_path,
+            "account": identity.get("account"),
+            "fence": identity.get("fence"),
+        }
         if proc.returncode is not None or proc.stdin is None:
             return None
         try:

@@ -1,8 +1,14 @@
 """The local spawner: each user's space is a home, a runtime directory and a set of processes.
 
-All users run as the platform's own account (like JupyterHub's
-SimpleLocalProcessSpawner, which this extends): this is the "one machine is all
-you need" mode for a workshop, not a multi-tenant security boundary.
+Two modes, chosen by ``user_accounts`` (on when the hub runs as root):
+
+- **per-user accounts**: each hub user gets a system account (see
+  :mod:`clusterhub.accounts`) and a control group (see :mod:`clusterhub.fences`). The
+  notebook, its kernels and the engines run as that account inside that group; whatever the
+  hub does in the user's directories (content, engine files) it does as the account too
+  (see :mod:`clusterhub.owner_tasks`). This is the boundary between strangers in a workshop.
+- **single account** (the hub is not root): everyone runs as the platform's account, like
+  JupyterHub's SimpleLocalProcessSpawner, which this extends; not a security boundary.
 
 On start: create the space, record which Python environment it runs in (the current
 ``clusterhub build``, else the platform's own: the notebook, its kernels, its gateway
@@ -21,17 +27,21 @@ import asyncio
 import os
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Bool, Unicode, default
+from tornado import web
+from traitlets import Bool, Integer, Unicode, default
 
 from clusterhub import profiles as profile_rules
+from clusterhub.accounts import Account, AccountError, AccountPolicy, ensure_account
 from clusterhub.build.environments import (
     Environment,
     current_environment,
     platform_environment,
 )
-from clusterhub.content import sync_content, workshop_source
-from clusterhub.engines import Engine, EngineError, local_engine
+from clusterhub.content import workshop_source
+from clusterhub.engines import EngineError
+from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
+from clusterhub.owner_tasks import run_as_owner_async
 from clusterhub.space import LocalSpace
 
 from .options import SpaceSpawnerMixin
@@ -57,6 +67,78 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         help="Whether to merge workshop content into homes at all.",
     )
 
+    user_accounts = Bool(
+        config=True,
+        help="""Run each user as a system account of their own, in a control group of their
+        own. On by default when the hub runs as root (it needs root); off, every user runs as
+        the hub's account.""",
+    )
+
+    @default("user_accounts")
+    def _default_user_accounts(self):
+        return os.geteuid() == 0
+
+    account_prefix = Unicode(
+        "ch-",
+        config=True,
+        help="Prefix of the system accounts made for users (``ch-alice``).",
+    )
+
+    account_uid_min = Integer(
+        20000, config=True, help="Lowest uid (and gid) given to a user's account."
+    )
+
+    account_uid_max = Integer(
+        29999, config=True, help="Highest uid (and gid) given to a user's account."
+    )
+
+    max_accounts = Integer(
+        0,
+        min=0,
+        config=True,
+        help="""How many user accounts this platform may make (0: as many as the uid range
+        holds). A new user past it is refused with a page that says the room is full.""",
+    )
+
+    fences = Bool(
+        True,
+        config=True,
+        help="""With user accounts: put each user's processes into a control group of their
+        own (memory limit, equal CPU weight, pids limit). Where no control group can be made
+        the platform says so at start and runs unfenced.""",
+    )
+
+    notebook_memory_gib = Integer(
+        2,
+        min=1,
+        config=True,
+        help="""Memory (GiB) a user's notebook and kernels may use. A user's memory limit is
+        this plus the profile's maximum workers x maximum memory per worker, for Dask and
+        each engine of the profile.""",
+    )
+
+    pids_max = Integer(
+        2048,
+        min=64,
+        config=True,
+        help="""Most processes and threads one user may have at once (a fork bomb stops
+        here). Java and Dask use many threads: keep it in the thousands.""",
+    )
+
+    platform_id = Unicode(
+        config=True,
+        help="Names this platform's control groups (default: derived from data_dir).",
+    )
+
+    @default("platform_id")
+    def _default_platform_id(self):
+        return platform_id(self.data_dir)
+
+    @default("options_form")
+    def _default_options_form(self):
+        memory = self.notebook_memory_gib if self.user_accounts and self.fences else None
+        return profile_rules.render_form(self.profiles, notebook_memory_gib=memory)
+
     @default("home_dir")
     def _default_home_dir(self):
         return self.space.home
@@ -67,18 +149,59 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             raise RuntimeError("LocalSpaceSpawner.data_dir is not configured")
         return LocalSpace(self.data_dir, self.user.name)
 
-    # -- engines ----------------------------------------------------------------------------
-    def engines(self, options: profile_rules.SpaceOptions) -> list[Engine]:
-        profile = self.space_profile(options)
-        return [
-            local_engine(
-                kind,
-                self.space,
-                worker_cores=options.worker_cores,
-                worker_memory_gib=options.worker_memory_gib,
+    # -- who the space runs as ------------------------------------------------------------
+    @property
+    def account_policy(self) -> AccountPolicy:
+        return AccountPolicy(
+            prefix=self.account_prefix,
+            uid_min=self.account_uid_min,
+            uid_max=self.account_uid_max,
+            max_accounts=self.max_accounts,
+        ).check()
+
+    async def space_account(self) -> Account | None:
+        """The user's account (made on their first start); None in the single-account mode."""
+        if not self.user_accounts:
+            return None
+        try:
+            return await asyncio.to_thread(
+                ensure_account,
+                self.account_policy,
+                self.user.name,
+                self.space.home,
+                os.path.join(self.data_dir, "run", "accounts.lock"),
             )
-            for kind in profile["engines"]
-        ]
+        except AccountError as exc:
+            error = web.HTTPError(403, str(exc))
+            error.jupyterhub_message = str(exc)
+            raise error from None
+
+    def space_fence(self) -> Fence | None:
+        if not (self.user_accounts and self.fences) or unavailable_reason() is not None:
+            return None
+        return Fence(self.platform_id, self.space.name)
+
+    def memory_budget_bytes(self, options: profile_rules.SpaceOptions) -> int:
+        profile = self.space_profile(options)
+        gib = profile_rules.memory_budget_gib(profile, self.notebook_memory_gib)
+        return gib << 30
+
+    async def as_owner(self, task: str, **request) -> dict:
+        """Run an owner task (see clusterhub.owner_tasks) for this space, as its owner."""
+        state = self.space.read_state()
+        account = Account.from_dict(state["account"]) if state.get("account") else None
+        fence = Fence(**state["fence"]) if state.get("fence") else None
+        request.update(task=task, data_dir=self.data_dir, username=self.user.name)
+        return await run_as_owner_async(account, request, fence.preexec() if fence else None)
+
+    def engine_request(self, options: profile_rules.SpaceOptions) -> dict:
+        return {
+            "kinds": list(self.space_profile(options)["engines"]),
+            "sizes": {
+                "worker_cores": options.worker_cores,
+                "worker_memory_gib": options.worker_memory_gib,
+            },
+        }
 
     # -- environment --------------------------------------------------------------------------
     def spawn_environment(self) -> Environment:
@@ -107,13 +230,34 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         env.update(space.marker_env())
         env.update(space.environment().process_env(env.get("PATH", "")))
         env.update(self.gateway_env())
-        for engine in self.engines(self.space_options()):
-            env.update(engine.client_env())
+        env.update(getattr(self, "_engine_client_env", {}))
         return env
+
+    def user_env(self, env):
+        env = super().user_env(env)
+        account = getattr(self, "_account", None)
+        if account is not None:
+            env["USER"] = env["LOGNAME"] = account.name
+        return env
+
+    def make_preexec_fn(self, name):
+        """Join the user's fence, become their account, work in their home."""
+        home = self.home_dir
+        account = getattr(self, "_account", None)
+        fence = getattr(self, "_fence", None)
+
+        def preexec():
+            if fence is not None:
+                fence.join()
+            if account is not None:
+                account.become()
+            os.chdir(home)
+
+        return preexec
 
     def get_args(self):
         args = super().get_args()
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and getattr(self, "_account", None) is None:
             args.append("--ServerApp.allow_root=True")
         return args
 
@@ -121,54 +265,69 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
     async def start(self):
         options = self.space_options()
         space = self.space
-        space.create()
+        self._account = account = await self.space_account()
+        await asyncio.to_thread(space.create, account)
+        self._fence = fence = self.space_fence()
+        if fence is not None:
+            await asyncio.to_thread(fence.create, self.memory_budget_bytes(options), self.pids_max)
         environment = self.spawn_environment()
         # Recorded first: the engines, the gateway and get_env() read it from the space.
-        space.write_state(environment=environment.to_dict())
+        space.write_state(
+            environment=environment.to_dict(),
+            account=account.to_dict() if account else None,
+            fence={"platform_id": fence.platform_id, "name": fence.name} if fence else None,
+        )
         self.cmd = self.notebook_command(environment)
-        self.log.info("Server of %s uses environment %s", self.user.name, environment.name)
+        self.log.info(
+            "Server of %s uses environment %s, runs as %s%s",
+            self.user.name,
+            environment.name,
+            account.name if account else "the platform's account",
+            f", memory limit {self.memory_budget_bytes(options) >> 30} GiB" if fence else "",
+        )
         if self.deliver_workshop_content:
             source, exclude = self.content_source(environment)
-            report = await asyncio.to_thread(
-                sync_content, source, space.home, space.path("content.json"), exclude
-            )
+            answer = await self.as_owner("sync_content", source=source, exclude=list(exclude))
+            report = answer["report"]
             self.log.info(
                 "Workshop content for %s: %d added, %d updated, %d kept as the user's",
                 self.user.name,
-                len(report.added),
-                len(report.updated),
-                len(report.kept),
+                len(report["added"]),
+                len(report["updated"]),
+                len(report["kept"]),
             )
-        engines = self.engines(options)
-        for engine in engines:
-            await asyncio.to_thread(engine.prepare)
+        engines = self.engine_request(options)
+        prepared = await self.as_owner("prepare_engines", **engines)
+        self._engine_client_env = prepared["client_env"]
         space.write_state(
             active=True,
             options=options.to_dict(),
             limits=self.profile_limits(options),
-            engines={engine.kind: "starting" for engine in engines},
+            engines={kind: "starting" for kind in engines["kinds"]},
         )
         address = await super().start()
-        if engines:
+        if engines["kinds"]:
             self._engines_task = asyncio.ensure_future(
                 self._start_engines(engines, options.workers)
             )
         return address
 
-    async def _start_engines(self, engines: list[Engine], workers: int) -> None:
+    async def _start_engines(self, engines: dict, workers: int) -> None:
         """Start engines one by one; a failing engine is recorded, never fatal to the notebook."""
-        for engine in engines:
+        for kind in engines["kinds"]:
             try:
-                await asyncio.to_thread(engine.start, workers)
+                await self.as_owner(
+                    "start_engine", kinds=[kind], sizes=engines["sizes"], workers=workers
+                )
                 state = "running"
             except EngineError as exc:
-                self.log.error("%s for %s failed to start: %s", engine.kind, self.user.name, exc)
+                self.log.error("%s for %s failed to start: %s", kind, self.user.name, exc)
                 state = f"failed: {exc}"
             except Exception:
-                self.log.exception("%s for %s failed to start", engine.kind, self.user.name)
+                self.log.exception("%s for %s failed to start", kind, self.user.name)
                 state = "failed: internal error, see the hub's log"
             engines_state = self.space.read_state().get("engines", {})
-            engines_state[engine.kind] = state
+            engines_state[kind] = state
             self.space.write_state(engines=engines_state)
 
     async def stop(self, now=False):
@@ -187,12 +346,20 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             except Exception as exc:
                 # The reaper and the sweep below still stop them; say so in the log.
                 self.log.warning("Could not stop gateway clusters of %s: %s", self.user.name, exc)
-        for kind in space.read_state().get("engines", {}):
+        state = space.read_state()
+        kinds = list(state.get("engines", {}))
+        if kinds:
             try:
-                await asyncio.to_thread(local_engine(kind, space).stop)
+                answer = await self.as_owner("stop_engines", kinds=kinds)
+                for kind, why in answer["failed"].items():
+                    self.log.error("Stopping %s of %s failed: %s", kind, self.user.name, why)
             except Exception:
-                self.log.exception("Stopping %s of %s failed", kind, self.user.name)
+                self.log.exception("Stopping the engines of %s failed", self.user.name)
         await super().stop(now=now)
-        left = await asyncio.to_thread(space.sweep)
+        account = Account.from_dict(state["account"]) if state.get("account") else None
+        left = await asyncio.to_thread(space.sweep, account.uid if account else None)
         if left:
             self.log.info("Stopped %d leftover processes of %s", left, self.user.name)
+        if state.get("fence"):
+            # Whatever is still in the user's group (a process that escaped the markers).
+            await asyncio.to_thread(Fence(**state["fence"]).remove)

@@ -12,9 +12,12 @@ import contextlib
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -49,9 +52,29 @@ def marked_processes(marker: str, value: str) -> list[psutil.Process]:
 class RunningPlatform:
     """`clusterhub up` in a subprocess, with its own HOME and TMPDIR under ``root``."""
 
-    def __init__(self, root: str, workshop_code: str = "open-sesame-2026", extra_args=()):
+    def __init__(
+        self,
+        root: str,
+        workshop_code: str = "open-sesame-2026",
+        extra_args=(),
+        local_accounts: bool = True,
+    ):
         self.root = root
-        self.data_dir = os.path.join(root, "data")
+        # As root, `clusterhub up` gives every attendee an account (local mode only).
+        self.user_accounts = (
+            local_accounts and os.geteuid() == 0 and "--single-account" not in extra_args
+        )
+        if self.user_accounts:
+            # Attendees' accounts must pass through to their homes: pytest's own temp dirs
+            # are closed to other users, so the data dir is a fresh one they can traverse,
+            # and the accounts get a prefix of this platform alone (both removed after).
+            self.data_dir = tempfile.mkdtemp(prefix="clusterhub-data-", dir="/tmp")
+            os.chmod(self.data_dir, 0o711)
+            self.account_prefix = f"t{secrets.token_hex(3)}-"
+            extra_args = ["--account-prefix", self.account_prefix, *extra_args]
+        else:
+            self.data_dir = os.path.join(root, "data")
+            self.account_prefix = ""
         self.workshop_code = workshop_code
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -129,6 +152,17 @@ class RunningPlatform:
         self.proc = None
         return code
 
+    def remove_accounts_and_data(self) -> None:
+        """Delete the attendees' accounts this platform made and its shared data dir."""
+        if not self.user_accounts:
+            return
+        from clusterhub.accounts import AccountPolicy, accounts_made
+
+        for name in accounts_made(AccountPolicy(prefix=self.account_prefix)):
+            subprocess.run(["userdel", name], capture_output=True, check=False)
+            subprocess.run(["groupdel", name], capture_output=True, check=False)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def kill_leftovers(self) -> list[str]:
         """Kill anything still marked as ours; returns what was found (should be nothing)."""
         found = marked_processes("CLUSTERHUB_PLATFORM", self.data_dir)
@@ -173,15 +207,16 @@ def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool
 
 
 @contextlib.contextmanager
-def running_platform(root: str) -> Iterator[RunningPlatform]:
+def running_platform(root: str, **options) -> Iterator[RunningPlatform]:
     """A started platform under ``root``; stopped afterwards, and nothing may be left running."""
-    running = RunningPlatform(root)
-    running.start()
+    running = RunningPlatform(root, **options)
     try:
+        running.start()
         yield running
     finally:
         running.stop()
         leftovers = running.kill_leftovers()
+        running.remove_accounts_and_data()
         assert not leftovers, f"processes left behind: {leftovers}"
 
 

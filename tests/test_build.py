@@ -376,6 +376,7 @@ def test_new_servers_use_the_new_environment_running_ones_keep_theirs(tmp_path):
                 pass
         platform.stop()
         leftovers = platform.kill_leftovers()
+        platform.remove_accounts_and_data()
         assert not leftovers, leftovers
 
 

@@ -506,6 +506,8 @@ def start_spark_worker(space, engine, hostname: str, address: str, instance: int
         SPARK_LOG_DIR=space.path("spark", "logs"),
         SPARK_PID_DIR=space.path("spark", "test-pids"),  # not the engine's: it must not own them
         SPARK_WORKER_DIR=space.path("spark", "work"),
+        # The space's conf holds its Spark secret: without it no worker may register.
+        SPARK_CONF_DIR=space.path("spark", "conf"),
         SPARK_IDENT_STRING=hostname,
         SPARK_LOCAL_IP=address,
         SPARK_DAEMON_MEMORY="256m",

@@ -51,7 +51,7 @@ class RunningKubeHub(RunningPlatform):
     mode against the emulator; it starts its own proxy since there is no proxy pod here."""
 
     def __init__(self, root: str, cluster: KubeCluster):
-        super().__init__(root)
+        super().__init__(root, local_accounts=False)
         self.cluster = cluster
         self.admin_password = "a" * 40
         os.makedirs(os.path.join(self.data_dir, "hub"), exist_ok=True)

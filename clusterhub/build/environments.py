@@ -116,7 +116,9 @@ def current_environment(data_dir: str) -> Environment | None:
 
 
 def set_current(data_dir: str, environment: Environment) -> None:
-    write_json_atomic(os.path.join(environments_dir(data_dir), CURRENT_FILE), environment.to_dict())
+    write_json_atomic(
+        os.path.join(environments_dir(data_dir), CURRENT_FILE), environment.to_dict(), mode=0o644
+    )
 
 
 def is_complete(env_root: str) -> bool:

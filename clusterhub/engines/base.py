@@ -56,3 +56,37 @@ class Engine(ABC):
     @abstractmethod
     def client_env(self) -> dict[str, str]:
         """Environment for a notebook so that a kernel connects with no arguments."""
+
+
+class SerialisedEngine(Engine):
+    """An engine whose changes take turns, across processes (see ``procs.exclusive``):
+    subclasses implement ``_start``, ``_scale`` and ``_stop`` and name their ``_lock`` file."""
+
+    _lock: str
+
+    def start(self, workers: int) -> None:
+        from .. import procs
+
+        with procs.exclusive(self._lock):
+            self._start(workers)
+
+    def scale(self, workers: int) -> None:
+        from .. import procs
+
+        with procs.exclusive(self._lock):
+            self._scale(workers)
+
+    def stop(self) -> None:
+        from .. import procs
+
+        with procs.exclusive(self._lock):
+            self._stop()
+
+    @abstractmethod
+    def _start(self, workers: int) -> None: ...
+
+    @abstractmethod
+    def _scale(self, workers: int) -> None: ...
+
+    @abstractmethod
+    def _stop(self) -> None: ...

@@ -11,12 +11,12 @@ import os
 
 from .. import procs
 from ..space import LocalSpace, read_json, write_json_atomic
-from .base import Engine, EngineError, EngineStatus
+from .base import EngineError, EngineStatus, SerialisedEngine
 
 CONTROLLER_START_TIMEOUT = 60
 
 
-class LocalIPyParallelEngine(Engine):
+class LocalIPyParallelEngine(SerialisedEngine):
     kind = "ipyparallel"
 
     def __init__(self, space: LocalSpace, *, host: str = "127.0.0.1", **_sizes):
@@ -76,7 +76,11 @@ class LocalIPyParallelEngine(Engine):
         os.makedirs(os.path.join(self.profile_dir, "security"), exist_ok=True)
         os.makedirs(self.space.path("ipyparallel", "logs"), exist_ok=True)
 
-    def start(self, workers: int) -> None:
+    @property
+    def _lock(self) -> str:
+        return self.space.path("ipyparallel", ".lock")
+
+    def _start(self, workers: int) -> None:
         self.prepare()
         state = self._state()
         if self._controller(state) is None:
@@ -106,9 +110,9 @@ class LocalIPyParallelEngine(Engine):
                     "the IPyParallel controller did not start; see "
                     + self.space.path("ipyparallel", "logs", "controller.log")
                 )
-        self.scale(workers)
+        self._scale(workers)
 
-    def scale(self, workers: int) -> None:
+    def _scale(self, workers: int) -> None:
         state = self._state()
         if self._controller(state) is None:
             raise EngineError("IPyParallel is not running in this space; start it first")
@@ -132,7 +136,7 @@ class LocalIPyParallelEngine(Engine):
         state["requested"] = workers
         self._save(state)
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         state = self._state()
         records = self._live_engines(state)
         controller = self._controller(state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import urllib.request
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import procs
 from ..ports import free_port
 from ..space import LocalSpace, read_json, write_json_atomic
-from .base import Engine, EngineError, EngineStatus
+from .base import EngineError, EngineStatus, SerialisedEngine
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -51,7 +52,7 @@ def java_missing_reason() -> str | None:
     )
 
 
-class LocalSparkEngine(Engine):
+class LocalSparkEngine(SerialisedEngine):
     kind = "spark"
 
     def __init__(
@@ -134,7 +135,14 @@ class LocalSparkEngine(Engine):
             )
 
     def _write_client_conf(self, state: dict) -> None:
+        # Read by the daemons too (SPARK_CONF_DIR): the master, the workers, their executors
+        # and the owner's driver share the space's secret; without it, nobody else on the
+        # machine can register a worker, submit an application or run code on executors.
+        # The REST submission server would accept drivers without it: off.
         lines = {
+            "spark.authenticate": "true",
+            "spark.authenticate.secret": state["secret"],
+            "spark.master.rest.enabled": "false",
             "spark.master": state["master_url"],
             "spark.driver.host": self.host,
             "spark.driver.bindAddress": self.host,
@@ -146,8 +154,11 @@ class LocalSparkEngine(Engine):
             "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
             "spark.executor.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
         }
-        os.makedirs(self._dir("conf"), exist_ok=True)
-        with open(self._dir("conf", "spark-defaults.conf"), "w") as f:
+        os.makedirs(self._dir("conf"), mode=0o700, exist_ok=True)
+        path = self._dir("conf", "spark-defaults.conf")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.writelines(f"{key} {value}\n" for key, value in lines.items())
 
     # -- the Engine interface ----------------------------------------------------------------
@@ -165,11 +176,16 @@ class LocalSparkEngine(Engine):
             "worker_cores": self.worker_cores,
             "worker_memory_gib": self.worker_memory_gib,
             "workers": 0,
+            "secret": secrets.token_hex(32),
         }
         write_json_atomic(self._state_file, state)
         self._write_client_conf(state)
 
-    def start(self, workers: int) -> None:
+    @property
+    def _lock(self) -> str:
+        return self._dir(".lock")
+
+    def _start(self, workers: int) -> None:
         reason = java_missing_reason()
         if reason:
             raise EngineError(reason)
@@ -186,7 +202,7 @@ class LocalSparkEngine(Engine):
                 "--webui-port",
                 str(state["master_webui_port"]),
             )
-        self.scale(workers)
+        self._scale(workers)
 
     def _running_instances(self) -> list[int]:
         pids = self._dir("pids")
@@ -199,7 +215,7 @@ class LocalSparkEngine(Engine):
                     found.append(instance)
         return sorted(found)
 
-    def scale(self, workers: int) -> None:
+    def _scale(self, workers: int) -> None:
         state = self._state()
         if not state or self._record(MASTER_CLASS, 1) is None:
             raise EngineError("Spark is not running in this space; start it first")
@@ -246,7 +262,7 @@ class LocalSparkEngine(Engine):
         except FileNotFoundError:
             pass
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         for instance in self._running_instances():
             self._stop_daemon(WORKER_CLASS, instance)
         self._stop_daemon(MASTER_CLASS, 1)
