@@ -346,8 +346,11 @@ def test_the_spawn_page_streams_progress(hub, kubectl):
     user.stop_server(timeout=90)
 
 
-def test_long_non_ascii_name_gets_a_valid_distinct_namespace(hub, kubectl):
-    name = "zoë-ñandú-" + "x" * 60
+def test_names_are_checked_at_login_and_the_longest_gets_a_valid_namespace(hub, kubectl):
+    refused = BrowserUser(hub, "zoë-ñandú")
+    response = refused.login()
+    assert response.status_code == 400 and "U+00EB" in response.text
+    name = "z.o_e-" + "x" * 26  # 32 characters, every escaped kind
     user = spawn(hub, name, profile="dask")
     ns = kubectl.space_of(user.name)
     assert len(ns) <= 63 and ns.isascii() and ns.startswith(PREFIX)
