@@ -14,6 +14,17 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 
 SETTINGS_ENV = "CLUSTERHUB_SETTINGS"
+# Only `clusterhub up` (local mode) writes these: the chart has no attendee accounts.
+LOCAL_ONLY_FIELDS = frozenset(
+    {
+        "user_accounts",
+        "account_prefix",
+        "account_uid_min",
+        "account_uid_max",
+        "max_accounts",
+        "max_servers",
+    }
+)
 GATEWAY_SERVICE = "dask-gateway"
 GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
