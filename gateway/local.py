@@ -122,6 +122,9 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         env.update(space.environment().process_env(env.get("PATH", "")))
         workdir = cluster.state.get("workdir")
         env["HOME"] = os.path.join(workdir, "work") if workdir else space.root
+        if workdir:
+            # Dask's scratch space and any other temporary files go with the cluster.
+            env["TMPDIR"] = os.path.join(workdir, "work")
         return env
 
     async def start_process(self, cluster, cmd, env, name) -> int:

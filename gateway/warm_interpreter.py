@@ -162,6 +162,9 @@ def _become(job: dict) -> None:
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
+    import tempfile
+
+    tempfile.tempdir = None  # found again under the assigned TMPDIR
 
     import dask.config
 

@@ -95,6 +95,10 @@ class LocalSparkEngine(SerialisedEngine):
         """The Python of the space's environment: executors run the driver's Python."""
         return self.space.environment().python
 
+    @property
+    def _java_options(self) -> str:
+        return f"-Djava.io.tmpdir={self._dir('tmp')} -XX:-UsePerfData"
+
     def _env(self) -> dict[str, str]:
         env = {key: os.environ[key] for key in ("LANG", "LC_ALL", "JAVA_HOME") if key in os.environ}
         env.update(self.space.environment().process_env())
@@ -112,7 +116,8 @@ class LocalSparkEngine(SerialisedEngine):
                 "SPARK_DAEMON_MEMORY": "256m",
                 # JVMs write scratch files to java.io.tmpdir (/tmp) and leave them when killed:
                 # keep them inside the space, which is removed with it.
-                "SPARK_DAEMON_JAVA_OPTS": f"-Djava.io.tmpdir={self._dir('tmp')}",
+                # No /tmp/hsperfdata_<user> left behind by every JVM.
+                "SPARK_DAEMON_JAVA_OPTS": self._java_options,
                 "SPARK_LOCAL_DIRS": self._dir("tmp"),
                 "PYSPARK_PYTHON": self.python,
             }
@@ -151,8 +156,8 @@ class LocalSparkEngine(SerialisedEngine):
             "spark.pyspark.python": self.python,
             "spark.ui.showConsoleProgress": "false",
             "spark.local.dir": self._dir("tmp"),
-            "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
-            "spark.executor.extraJavaOptions": f"-Djava.io.tmpdir={self._dir('tmp')}",
+            "spark.driver.extraJavaOptions": self._java_options,
+            "spark.executor.extraJavaOptions": self._java_options,
         }
         os.makedirs(self._dir("conf"), mode=0o700, exist_ok=True)
         path = self._dir("conf", "spark-defaults.conf")
