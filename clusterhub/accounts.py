@@ -30,6 +30,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
+from .fences import Fence
 from .space import safe_name
 
 UNIX_NAME_MAX = 32
@@ -130,6 +131,14 @@ class Account:
         if self.is_current():
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+def identity_of(record: dict) -> tuple[Account | None, Fence | None]:
+    """The account and fence a space's processes run as, from its record (``space.json``,
+    or a warm interpreter's assignment); None for each the single-account mode lacks."""
+    account = Account.from_dict(record["account"]) if record.get("account") else None
+    fence = Fence(**record["fence"]) if record.get("fence") else None
+    return account, fence
 
 
 def unix_name(prefix: str, hub_name: str) -> str:

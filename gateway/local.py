@@ -30,8 +30,7 @@ import os
 from dask_gateway_server.backends.local import UnsafeLocalBackend
 from traitlets import Float, Integer, Unicode
 
-from clusterhub.accounts import Account
-from clusterhub.fences import Fence
+from clusterhub.accounts import identity_of
 from clusterhub.space import LocalSpace
 
 from .warm_pool import WarmInterpreterPool
@@ -76,10 +75,10 @@ class LocalSpaceBackend(UnsafeLocalBackend):
     def setup_working_directory(self, cluster) -> str:
         space = self.space(cluster.username)
         workdir = space.path("dask-gateway", cluster.name)
-        account = self.identity(cluster.username).get("account")
+        account, _ = identity_of(self.identity(cluster.username))
         # Platform-owned, readable by the owner's group only (with an account), made fresh:
         # nothing below it can be a link the user planted.
-        group = Account.from_dict(account).gid if account else -1
+        group = account.gid if account else -1
         mode = 0o750 if account else 0o700
         for path in (
             space.path("dask-gateway"),
@@ -93,7 +92,7 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         work = os.path.join(workdir, "work")
         os.makedirs(work, 0o700, exist_ok=True)
         if account:
-            os.chown(work, account["uid"], account["gid"], follow_symlinks=False)
+            os.chown(work, account.uid, account.gid, follow_symlinks=False)
         cert_path, key_path = self._get_tls_paths(workdir)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
         for path, data in [(cert_path, cluster.tls_cert), (key_path, cluster.tls_key)]:
@@ -138,8 +137,7 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         return pid
 
     async def _start_cold(self, cmd, env, cwd: str, log_path: str, identity: dict) -> int:
-        account = Account.from_dict(identity["account"]) if identity.get("account") else None
-        fence = Fence(**identity["fence"]) if identity.get("fence") else None
+        account, fence = identity_of(identity)
 
         def preexec() -> None:  # in the child: the owner's group, then the owner's account
             if fence is not None:

@@ -148,14 +148,12 @@ def _become(job: dict) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    if job.get("fence"):
-        from clusterhub.fences import Fence
+    from clusterhub.accounts import identity_of
 
-        Fence(**job["fence"]).join()
-    if job.get("account"):
-        from clusterhub.accounts import Account
-
-        account = Account.from_dict(job["account"])
+    account, fence = identity_of(job)
+    if fence is not None:
+        fence.join()
+    if account is not None:
         _hand_over_fork_server_files(account)
         account.become()
     # Last: the fork server takes a changed directory as the sign that we are final.

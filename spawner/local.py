@@ -31,7 +31,13 @@ from tornado import web
 from traitlets import Bool, Integer, Unicode, default
 
 from clusterhub import profiles as profile_rules
-from clusterhub.accounts import Account, AccountError, AccountPolicy, ensure_account
+from clusterhub.accounts import (
+    Account,
+    AccountError,
+    AccountPolicy,
+    ensure_account,
+    identity_of,
+)
 from clusterhub.build.environments import (
     Environment,
     current_environment,
@@ -188,9 +194,7 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
 
     async def as_owner(self, task: str, **request) -> dict:
         """Run an owner task (see clusterhub.owner_tasks) for this space, as its owner."""
-        state = self.space.read_state()
-        account = Account.from_dict(state["account"]) if state.get("account") else None
-        fence = Fence(**state["fence"]) if state.get("fence") else None
+        account, fence = identity_of(self.space.read_state())
         request.update(task=task, data_dir=self.data_dir, username=self.user.name)
         return await run_as_owner_async(account, request, fence.preexec() if fence else None)
 
@@ -356,10 +360,10 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             except Exception:
                 self.log.exception("Stopping the engines of %s failed", self.user.name)
         await super().stop(now=now)
-        account = Account.from_dict(state["account"]) if state.get("account") else None
+        account, fence = identity_of(state)
         left = await asyncio.to_thread(space.sweep, account.uid if account else None)
         if left:
             self.log.info("Stopped %d leftover processes of %s", left, self.user.name)
-        if state.get("fence"):
+        if fence is not None:
             # Whatever is still in the user's group (a process that escaped the markers).
-            await asyncio.to_thread(Fence(**state["fence"]).remove)
+            await asyncio.to_thread(fence.remove)
