@@ -7,6 +7,10 @@ re-parented to this process instead of init when its parent exits (Linux's
 PR_SET_CHILD_SUBREAPER). So once the command has exited, whatever is still a descendant of
 this process is a leftover. They are listed (pid, age, command line), killed, and the exit
 status is non-zero, even if the command passed.
+
+The same holds for what the command leaves in the machine's shared places: new entries in
+the temporary directories, attendee accounts the platform made, and its control groups.
+They are listed and the exit status is non-zero (they are not removed: they are evidence).
 """
 
 from __future__ import annotations
@@ -56,6 +60,36 @@ def describe(pid: int) -> str:
     return f"{pid} {cmdline[:300] or '[no command line]'}"
 
 
+TEMPORARY_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+ACCOUNT_GECOS = "clusterhub user "  # clusterhub.accounts writes it for every account it makes
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def shared_state() -> set[str]:
+    """What is in the machine's shared places now, one line per thing."""
+    found: set[str] = set()
+    for top in TEMPORARY_DIRS:
+        try:
+            found.update(os.path.join(top, name) for name in os.listdir(top))
+        except OSError:
+            pass
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.split(":")
+                if len(fields) > 4 and fields[4].startswith(ACCOUNT_GECOS):
+                    found.add(f"account {fields[0]}")
+    except OSError:
+        pass
+    for dirpath, dirnames, _ in os.walk(CGROUP_ROOT):
+        for name in dirnames:
+            if name.startswith("clusterhub-"):
+                found.add(f"cgroup {os.path.join(dirpath, name)}")
+        if dirpath.count("/") >= 5:
+            dirnames.clear()  # controller/group/group is as deep as the platform goes
+    return found
+
+
 def reap_zombies() -> None:
     while True:
         try:
@@ -73,6 +107,7 @@ def main(argv: list[str]) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print("reap.py: cannot become a child subreaper; leftovers go unchecked", file=sys.stderr)
+    before = shared_state()
     command = subprocess.Popen(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _f: command.send_signal(s))
@@ -85,6 +120,12 @@ def main(argv: list[str]) -> int:
         if not left:
             break
         time.sleep(0.2)
+    leftovers = sorted(shared_state() - before)
+    if leftovers:
+        print(f"\nreap.py: {len(leftovers)} things were left behind by the tests:", file=sys.stderr)
+        for line in leftovers:
+            print(f"  {line}", file=sys.stderr)
+        code = code or 1
     if not left:
         return code
     print(f"\nreap.py: {len(left)} processes were left behind by the tests:", file=sys.stderr)

@@ -24,6 +24,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import stat
 import subprocess
@@ -139,6 +140,20 @@ def identity_of(record: dict) -> tuple[Account | None, Fence | None]:
     account = Account.from_dict(record["account"]) if record.get("account") else None
     fence = Fence(**record["fence"]) if record.get("fence") else None
     return account, fence
+
+
+def closed_to_others(path: str) -> str | None:
+    """The first directory on ``path``'s way that other accounts cannot pass, or None."""
+    current = "/"
+    for part in os.path.abspath(path).strip("/").split("/"):
+        current = os.path.join(current, part)
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return current
+        if stat.S_ISDIR(mode) and not mode & 0o001:
+            return current
+    return None
 
 
 def unix_name(prefix: str, hub_name: str) -> str:
@@ -306,3 +321,74 @@ def give_tree(path: str, account: Account, mode: int | None = None) -> int:
     if mode is not None:
         os.chmod(path, mode)
     return changed
+
+
+# -- the build account ------------------------------------------------------------------------
+# `clusterhub build` runs a repository's code (pip's builds, postBuild, the checks) as this
+# account, never as root: a repository is whatever the organiser pointed us at.
+BUILD_ACCOUNT = "clusterhub-build"
+BUILD_ACCOUNT_COMMENT = "clusterhub build account"
+_SYSTEM_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def check_build_account_name(name: str) -> str:
+    if not _SYSTEM_NAME.fullmatch(name):
+        raise ValueError(
+            f"--build-account: {name!r} is not an account name; use 1 to 32 characters from "
+            "a-z, 0-9, '_' and '-', starting with a letter or '_'"
+        )
+    return name
+
+
+def ensure_build_account(name: str, lock_file: str) -> Account:
+    """The build account, made now (a system account, no home, no login) if it is missing.
+
+    An existing account of that name is used only if this platform made it."""
+
+    def found() -> Account | None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            return None
+        if entry.pw_gecos != BUILD_ACCOUNT_COMMENT:
+            raise AccountError(
+                f"--build-account: the system account {name!r} exists but was not made by "
+                "clusterhub; choose another name"
+            )
+        return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, (entry.pw_gid,))
+
+    account = found()
+    if account is not None:
+        return account
+    useradd = shutil.which("useradd")
+    if os.geteuid() != 0 or not useradd:
+        raise AccountError("a build account needs root and useradd (package passwd)")
+    with _accounts_lock(lock_file):
+        account = found()
+        if account is None:
+            _run(
+                [
+                    useradd,
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--home-dir", "/nonexistent",
+                    "--shell", _nologin(),
+                    "--comment", BUILD_ACCOUNT_COMMENT,
+                    name,
+                ]
+            )  # fmt: skip
+            account = found()
+    return account or _missing(name)
+
+
+def remove_build_account(name: str) -> bool:
+    """Delete the build account (if it is ours); whether there was one."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return False
+    if entry.pw_gecos != BUILD_ACCOUNT_COMMENT:
+        return False
+    _run([shutil.which("userdel") or "userdel", name])
+    return True

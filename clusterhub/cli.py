@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--data-dir",
         default=None,
-        help="where accounts, homes and secrets are kept across restarts (default: ~/.clusterhub)",
+        help="where accounts, homes and secrets are kept across restarts (default: "
+        "/var/lib/clusterhub as root, else ~/.clusterhub)",
     )
     up.add_argument(
         "--config",
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_build(commands) -> None:
+    from .accounts import BUILD_ACCOUNT
+
     build = commands.add_parser(
         "build",
         help="rebuild the notebook and cluster environment from a Binder-style repository",
@@ -155,7 +158,13 @@ def _add_build(commands) -> None:
     build.add_argument(
         "--data-dir",
         default=None,
-        help="local mode: the platform's data dir (default: ~/.clusterhub)",
+        help="local mode: the platform's data dir (default: as for `clusterhub up`)",
+    )
+    build.add_argument(
+        "--build-account",
+        default=BUILD_ACCOUNT,
+        help="local mode, as root: the unprivileged account the repository's pip installs, "
+        f"postBuild and checks run as, made if missing (default: {BUILD_ACCOUNT})",
     )
     build.add_argument(
         "--notebook-image",

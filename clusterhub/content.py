@@ -6,7 +6,9 @@ Like nbgitpuller's merge, but simpler because the source is a directory:
 - a file the user has not touched since we delivered it is updated;
 - a file the user edited is kept as it is, and the new version is saved beside
   it as ``<stem>.workshop-update<suffix>``;
-- nothing is ever deleted.
+- nothing is ever deleted;
+- a symbolic link that leads out of the source is refused (named in the report), never
+  followed: the repository decides what its files are, not what else is on the machine.
 
 What we delivered is remembered (content hashes) in a manifest outside the home,
 so a user cannot break the merge by editing it.
@@ -42,6 +44,15 @@ class SyncReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def leads_out(path: str, root: str) -> bool:
+    """Whether ``path`` is a symbolic link that resolves outside the directory ``root``."""
+    if not os.path.islink(path):
+        return False
+    top, target = os.path.realpath(root), os.path.realpath(path)
+    return target != top and not target.startswith(top + os.sep)
 
 
 def _digest(path: str) -> str:
@@ -83,6 +94,9 @@ def sync_content(
     for rel in _content_files(source, exclude):
         src = os.path.join(source, rel)
         dst = os.path.join(home, rel)
+        if leads_out(src, source):
+            report.refused.append(f"{rel} -> {os.readlink(src)}")
+            continue
         new_digest = _digest(src)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if not os.path.lexists(dst):

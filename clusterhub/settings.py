@@ -25,7 +25,18 @@ LOCAL_ONLY_FIELDS = frozenset(
         "max_servers",
     }
 )
+# Where root's platform keeps its data: every attendee account (and the build account) must
+# be able to pass through its parents, which root's home (0700) does not allow.
+ROOT_DATA_DIR = "/var/lib/clusterhub"
+USER_DATA_DIR = "~/.clusterhub"
 GATEWAY_SERVICE = "dask-gateway"
+
+
+def default_data_dir() -> str:
+    """``--data-dir``'s default for ``clusterhub up`` and ``clusterhub build`` alike."""
+    return ROOT_DATA_DIR if os.geteuid() == 0 else os.path.expanduser(USER_DATA_DIR)
+
+
 GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from cryptography.fernet import Fernet
 
 from . import procs
-from .accounts import Account
+from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
 from .ports import free_port, port_is_free
-from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings
+from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
 
 WORKSHOP_CODE_ENV = "CLUSTERHUB_WORKSHOP_CODE"
@@ -131,20 +131,6 @@ def check_java() -> None:
         raise UsageError(f"{reason} (the Spark profiles need it)")
 
 
-def _others_cannot_reach(path: str) -> str | None:
-    """The first directory on ``path``'s way that other accounts cannot pass, or None."""
-    current = "/"
-    for part in os.path.abspath(path).strip("/").split("/"):
-        current = os.path.join(current, part)
-        try:
-            mode = os.stat(current).st_mode
-        except OSError:
-            return current
-        if os.path.isdir(current) and not mode & 0o001:
-            return current
-    return None
-
-
 def check_shared_install() -> None:
     """Per-user accounts run the platform's Python: every account must be able to."""
     places = {
@@ -152,7 +138,7 @@ def check_shared_install() -> None:
         "clusterhub": os.path.dirname(os.path.abspath(__file__)),
     }
     for what, path in places.items():
-        blocked = _others_cannot_reach(path)
+        blocked = closed_to_others(path)
         if blocked:
             raise UsageError(
                 f"attendees' accounts cannot reach {what} ({path}): {blocked} is closed to "
@@ -161,8 +147,15 @@ def check_shared_install() -> None:
             )
 
 
-def check_data_dir(path: str) -> str:
+def check_data_dir(path: str, shared: bool = False) -> str:
+    """The data dir, made if missing; ``shared``: attendees' accounts must reach into it."""
     path = os.path.abspath(os.path.expanduser(path))
+    blocked = closed_to_others(os.path.dirname(path)) if shared else None
+    if blocked:
+        raise UsageError(
+            f"--data-dir: attendees' accounts cannot reach {path}: {blocked} is closed to "
+            f"other users. Choose a directory outside it (default as root: {default_data_dir()})"
+        )
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, ".write-test")
@@ -345,7 +338,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
     if user_accounts:
         check_shared_install()
-    data_dir = check_data_dir(args.data_dir or "~/.clusterhub")
+    data_dir = check_data_dir(args.data_dir or default_data_dir(), shared=user_accounts)
     pidfile = os.path.join(data_dir, "hub", "jupyterhub.pid")
     if os.path.exists(pidfile):
         try:

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 
 import psutil
@@ -57,6 +58,11 @@ def fingerprint(cmd: list[str], env: Mapping[str, str]) -> Fingerprint | None:
         return None
     python = os.path.join(os.path.dirname(cmd[0]), "python")
     if not os.path.isabs(python) or not os.access(python, os.X_OK):
+        return None
+    if os.geteuid() == 0 and os.path.dirname(cmd[0]) != os.path.join(sys.prefix, "bin"):
+        # A warm interpreter imports as root before it becomes the user: only the platform's
+        # own environment, never one built from a repository (whose packages, .pth files
+        # included, are the repository's code), is imported by root.
         return None
     return python, tuple(env.get(name, "") for name in FINGERPRINT_VARIABLES)
 

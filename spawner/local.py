@@ -300,6 +300,12 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                 len(report["updated"]),
                 len(report["kept"]),
             )
+            if report["refused"]:
+                self.log.warning(
+                    "Workshop content for %s: links out of the repository refused: %s",
+                    self.user.name,
+                    ", ".join(report["refused"]),
+                )
         engines = self.engine_request(options)
         prepared = await self.as_owner("prepare_engines", **engines)
         self._engine_client_env = prepared["client_env"]

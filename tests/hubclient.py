@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -338,11 +339,34 @@ class Kernel:
             timeout=300,
         )
         self.session_id = uuid.uuid4().hex
+        # jupyter-server closes a kernel's websocket whose client has not answered its pings
+        # for 90 s; a browser answers them on its own, so this client does too while idle.
+        self._using = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._answer_pings, daemon=True).start()
+
+    def _answer_pings(self) -> None:
+        while not self._closed.wait(5):
+            with self._using:
+                if self._closed.is_set():
+                    return
+                self.ws.settimeout(0.05)
+                try:
+                    while True:
+                        self.ws.recv()  # replies to pings; idle output of no request is dropped
+                except websocket.WebSocketTimeoutException:
+                    pass
+                except (websocket.WebSocketException, OSError):
+                    return  # closed: the next execute reports it
 
     def execute(self, code: str, timeout: float = 300) -> str:
         """Run ``code``; return its stdout (not stderr, where JVMs log) and the repr of its result.
 
         An exception in the kernel raises KernelError."""
+        with self._using:
+            return self._execute(code, timeout)
+
+    def _execute(self, code: str, timeout: float) -> str:
         msg_id = uuid.uuid4().hex
         self.ws.send(
             json.dumps(
@@ -392,7 +416,9 @@ class Kernel:
         raise KernelError(f"no answer in {timeout} s to:\n{code}")
 
     def close(self) -> None:
+        self._closed.set()
         try:
-            self.ws.close()
+            with self._using:
+                self.ws.close()
         finally:
             self.user.server_api("DELETE", f"api/kernels/{self.id}")

@@ -13,18 +13,51 @@ import hashlib
 import io
 import json
 import os
+import pwd
+import secrets
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
+from pathlib import Path
 
+import psutil
 import pytest
 
+from clusterhub.accounts import remove_build_account
 from clusterhub.build.environments import current_environment, environments_dir
 from clusterhub.cli import main
 from clusterhub.content import sync_content
 
 pytestmark = [pytest.mark.slow]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AS_ROOT = os.geteuid() == 0
+# As root, builds run as this module's own build account (removed at the end).
+BUILD_ACCOUNT = f"t{secrets.token_hex(3)}-build"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_account():
+    yield BUILD_ACCOUNT
+    if AS_ROOT:
+        remove_build_account(BUILD_ACCOUNT)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """The platform's data dir for a test. As root, outside pytest's private (0700) temporary
+    tree, because the build account must reach into it as attendees do."""
+    if not AS_ROOT:
+        yield tmp_path / "data"
+        return
+    parent = tempfile.mkdtemp(prefix="clusterhub-build-test-", dir="/tmp")
+    os.chmod(parent, 0o711)
+    try:
+        yield Path(parent) / "data"
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def write(path, text, mode=0o644):
@@ -80,6 +113,8 @@ def git(repo, *args):
 
 
 def build(capsys, *args) -> tuple[int, str, str]:
+    if "kubernetes" not in args and "--build-account" not in args:
+        args = (*args, "--build-account", BUILD_ACCOUNT)
     code = main(["build", *args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -104,8 +139,7 @@ def quiet_home(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / "pip-cache"))
 
 
-def test_build_from_the_binder_folder(tmp_path, capsys):
-    data = tmp_path / "data"
+def test_build_from_the_binder_folder(tmp_path, capsys, data):
     code, out, err = build(capsys, os.path.join(REPO, "binder"), "--data-dir", str(data))
     assert code == 0, out + err
     for step in ("[1/8] fetch the repository", "[5/8] install Python packages",
@@ -129,7 +163,7 @@ def test_build_from_the_binder_folder(tmp_path, capsys):
     assert "clusterhub.labextension" in listed.stdout + listed.stderr
 
 
-def test_build_from_a_git_repository_at_a_tag_and_a_branch(tmp_path, capsys):
+def test_build_from_a_git_repository_at_a_tag_and_a_branch(tmp_path, capsys, data):
     repo = make_repo(str(tmp_path / "repo"), "1.0")
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
@@ -142,7 +176,6 @@ def test_build_from_a_git_repository_at_a_tag_and_a_branch(tmp_path, capsys):
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "v2")
     git(repo, "checkout", "-q", "main")
-    data = tmp_path / "data"
 
     code, out, err = build(capsys, repo, "--ref", "v1", "--data-dir", str(data))
     assert code == 0, out + err
@@ -173,9 +206,8 @@ def test_build_from_a_git_repository_at_a_tag_and_a_branch(tmp_path, capsys):
     ],
 )
 def test_a_failing_build_names_its_step_and_the_old_environment_stays(
-    tmp_path, capsys, case, step, said
+    tmp_path, capsys, case, step, said, data
 ):
-    data = tmp_path / "data"
     good = make_repo(str(tmp_path / "good"))
     assert build(capsys, good, "--data-dir", str(data))[0] == 0
     before = current_environment(str(data))
@@ -206,8 +238,7 @@ def test_a_failing_build_names_its_step_and_the_old_environment_stays(
     assert os.path.isfile(log), "the failed build's log is kept"
 
 
-def test_apt_txt_packages_already_installed_and_a_start_script(tmp_path, capsys):
-    data = tmp_path / "data"
+def test_apt_txt_packages_already_installed_and_a_start_script(tmp_path, capsys, data):
     repo = make_repo(
         str(tmp_path / "repo"),
         extra={"binder/apt.txt": "# tools\ngit\nprocps\n"},
@@ -242,9 +273,8 @@ def test_apt_txt_packages_already_installed_and_a_start_script(tmp_path, capsys)
         (["{binder}", "--mode", "kubernetes", "--image-prefix", "Up/Per"], "--image-prefix:"),
     ],
 )
-def test_bad_flags_get_one_line_and_change_nothing(tmp_path, capsys, args, message):
+def test_bad_flags_get_one_line_and_change_nothing(tmp_path, capsys, args, message, data):
     binder = os.path.join(REPO, "binder")
-    data = tmp_path / "data"
     args = [a.format(binder=binder) for a in args]
     if "--mode" not in args:
         args += ["--data-dir", str(data)]
@@ -257,8 +287,8 @@ def test_bad_flags_get_one_line_and_change_nothing(tmp_path, capsys, args, messa
     assert not data.exists()
 
 
-def test_a_users_edited_notebook_survives_a_content_update_from_a_new_build(tmp_path, capsys):
-    data, home, manifest = tmp_path / "data", tmp_path / "home", tmp_path / "content.json"
+def test_a_users_edited_notebook_survives_a_content_update_from_a_new_build(tmp_path, capsys, data):
+    home, manifest = tmp_path / "home", tmp_path / "content.json"
     repo = make_repo(str(tmp_path / "repo"), notebook="v1")
     assert build(capsys, repo, "--data-dir", str(data))[0] == 0
     first = current_environment(str(data))
@@ -276,7 +306,7 @@ def test_a_users_edited_notebook_survives_a_content_update_from_a_new_build(tmp_
     assert (home / "intro.workshop-update.ipynb").read_text() == "v2"
 
 
-def test_environment_yml_pip_section_and_conda_packages(tmp_path, capsys):
+def test_environment_yml_pip_section_and_conda_packages(tmp_path, capsys, data):
     repo = str(tmp_path / "repo")
     wheel = write_wheel(os.path.join(repo, "wheels"), "3.0")
     write(
@@ -286,7 +316,6 @@ def test_environment_yml_pip_section_and_conda_packages(tmp_path, capsys):
         "  - pip\n  - six\n  - r-base=4.3\n"
         f"  - pip:\n    - ./wheels/{wheel}\n",
     )
-    data = tmp_path / "data"
     code, out, err = build(capsys, repo, "--data-dir", str(data))
     assert code == 0, out + err
     assert "conda packages pip cannot install, left out: r-base=4.3" in out
@@ -294,6 +323,83 @@ def test_environment_yml_pip_section_and_conda_packages(tmp_path, capsys):
     assert env_python_says(environment, "import tinypkg, six; print(tinypkg.VERSION)") == "3.0"
     record = json.load(open(os.path.join(os.path.dirname(environment.prefix), "build.json")))
     assert record["complete"] is True
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="there is a build account only when run as root")
+def test_a_repositorys_code_runs_as_the_build_account_and_sees_nothing_of_the_platform(
+    tmp_path, capsys, data, monkeypatch
+):
+    monkeypatch.setenv("CLUSTERHUB_WORKSHOP_CODE", "tea-biscuit-4711")
+    data.mkdir()
+    secrets_file = data / "secrets.json"
+    secrets_file.write_text('{"workshop_code": "tea-biscuit-4711"}')
+    secrets_file.chmod(0o600)
+    post_build = f"""#!/bin/sh
+id
+id -un > "$HOME/whoami"
+env > "$HOME/env"
+cat {secrets_file} > "$HOME/secrets" 2>&1 || echo refused >> "$HOME/secrets"
+cat /etc/shadow > "$HOME/shadow" 2>&1 || echo refused >> "$HOME/shadow"
+cat binder/requirements.txt > "$HOME/own"
+touch "$HOME/world-writable" && chmod 0777 "$HOME/world-writable"
+setsid sleep 600 < /dev/null > /dev/null 2>&1 &
+"""
+    repo = make_repo(str(tmp_path / "repo"), post_build=post_build)
+    code, out, err = build(capsys, repo, "--data-dir", str(data))
+    assert code == 0, out + err
+    builder = pwd.getpwnam(BUILD_ACCOUNT)
+    assert f"the repository's code runs as {BUILD_ACCOUNT} (uid {builder.pw_uid})" in out
+    log = (Path(environments_dir(str(data))) / "logs" / "build-1.log").read_text()
+    assert f"uid={builder.pw_uid}({BUILD_ACCOUNT})" in log, log
+
+    environment = current_environment(str(data))
+    home = Path(environment.prefix).parent / "home"
+    assert (home / "whoami").read_text().strip() == BUILD_ACCOUNT
+    env = (home / "env").read_text()
+    assert "tea-biscuit-4711" not in env and "CLUSTERHUB" not in env, env
+    assert "refused" in (home / "secrets").read_text()
+    assert "tea-biscuit-4711" not in (home / "secrets").read_text()
+    assert "refused" in (home / "shadow").read_text()
+    assert "wheels" in (home / "own").read_text(), "its own repository it reads"
+
+    # Taken back: nothing of the build account runs, nothing it made is writable by others.
+    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == builder.pw_uid]
+    for dirpath, dirnames, filenames in os.walk(Path(environment.prefix).parent):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            info = os.lstat(name)
+            assert info.st_uid == 0, f"{name} is not root's"
+            if not stat.S_ISLNK(info.st_mode):
+                assert not info.st_mode & 0o022, f"{name} is writable by others"
+    # Attendees run from it: their processes can still use it.
+    nobody = pwd.getpwnam("nobody")
+    said = subprocess.run(
+        [environment.python, "-c", "import tinypkg; print(tinypkg.VERSION)"],
+        capture_output=True, text=True, user=nobody.pw_uid, group=nobody.pw_gid, cwd="/",
+    )  # fmt: skip
+    assert said.stdout.strip() == "1.0", said.stderr
+
+
+def test_links_out_of_the_repository_are_refused_and_named(tmp_path, capsys, data):
+    repo = make_repo(str(tmp_path / "repo"))
+    os.symlink("/etc/shadow", os.path.join(repo, "secrets"))
+    os.symlink("/etc/shadow", os.path.join(repo, "binder", "start"))
+    os.symlink("intro.ipynb", os.path.join(repo, "same.ipynb"))  # inside: an ordinary file
+    shadow = os.stat("/etc/shadow")
+
+    code, out, err = build(capsys, repo, "--data-dir", str(data))
+    assert code == 1, out + err
+    assert "failed at step 'fetch the repository'" in err
+    assert "binder/start -> /etc/shadow, secrets -> /etc/shadow" in err, err
+    assert "same.ipynb" not in err
+    assert os.stat("/etc/shadow").st_mode == shadow.st_mode, "nothing was made executable"
+    assert build_dirs(data) == []
+
+    # Control: the same repository without them builds, its inner link included.
+    os.unlink(os.path.join(repo, "secrets"))
+    os.unlink(os.path.join(repo, "binder", "start"))
+    assert build(capsys, repo, "--data-dir", str(data))[0] == 0
+    environment = current_environment(str(data))
+    assert os.path.islink(os.path.join(environment.content, "same.ipynb"))
 
 
 @pytest.mark.e2e
@@ -321,6 +427,8 @@ def test_new_servers_use_the_new_environment_running_ones_keep_theirs(tmp_path):
                 repo,
                 "--data-dir",
                 platform.data_dir,
+                "--build-account",
+                BUILD_ACCOUNT,
             ],  # fmt: skip
             capture_output=True,
             text=True,

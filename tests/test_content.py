@@ -70,3 +70,22 @@ def test_an_excluded_top_level_folder_is_not_content(tmp_path):
     report = sync_content(str(source), str(home), str(manifest), exclude=("binder",))
     assert sorted(report.added) == ["a.ipynb", os.path.join("lesson", "binder", "notes.md")]
     assert not os.path.exists(home / "binder")
+
+
+def test_a_link_out_of_the_source_is_refused_and_one_inside_is_delivered(tmp_path):
+    source, home, manifest = tmp_path / "repo", tmp_path / "home", tmp_path / "manifest.json"
+    write(source / "a.ipynb", "a v1")
+    write(tmp_path / "outside" / "private.txt", "not workshop content")
+    os.symlink(tmp_path / "outside" / "private.txt", source / "notes.txt")
+    os.symlink("/etc/shadow", source / "shadow")
+    os.symlink("a.ipynb", source / "same.ipynb")  # inside the source: an ordinary file
+
+    report = sync_content(str(source), str(home), str(manifest))
+
+    assert sorted(report.refused) == [
+        f"notes.txt -> {tmp_path / 'outside' / 'private.txt'}",
+        "shadow -> /etc/shadow",
+    ]
+    assert not os.path.lexists(home / "notes.txt") and not os.path.lexists(home / "shadow")
+    assert sorted(report.added) == ["a.ipynb", "same.ipynb"]
+    assert read(home / "same.ipynb") == "a v1" and not os.path.islink(home / "same.ipynb")

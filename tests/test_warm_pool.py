@@ -18,7 +18,9 @@ DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
 def job_env(space_root: str, **extra: str) -> dict[str, str]:
     env = {k: os.environ[k] for k in ("PATH", "LANG", "PYTHONPATH") if k in os.environ}
-    env.update({procs.SPACE_MARKER: space_root, "HOME": space_root, **extra})
+    # TMPDIR as the gateway gives it: Dask's scratch space stays inside the space.
+    env.update({procs.SPACE_MARKER: space_root, "HOME": space_root, "TMPDIR": space_root})
+    env.update(extra)
     return env
 
 
@@ -68,6 +70,16 @@ def test_only_dask_commands_of_an_environment_are_fingerprinted():
     assert fingerprint([DASK, "cluster"], env) is None
     assert fingerprint(["/bin/sleep", "10"], env) is None
     assert fingerprint(["dask", "worker"], env) is None, "a relative path names no environment"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="warm interpreters import as root only as root")
+def test_as_root_an_environment_built_from_a_repository_is_never_imported_warm(tmp_path):
+    built = tmp_path / "build-1" / "venv" / "bin"
+    built.mkdir(parents=True)
+    (built / "python").symlink_to(sys.executable)
+    (built / "dask").write_text(f"#!{built / 'python'}\n")
+    assert fingerprint([str(built / "dask"), "worker", "tcp://x:1"], {}) is None
+    assert fingerprint([DASK, "worker", "tcp://x:1"], {}) is not None, "the platform's own"
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import re
 import sys
 from typing import TextIO
 
+from ..accounts import BUILD_ACCOUNT, AccountError, check_build_account_name, closed_to_others
+from ..settings import default_data_dir
 from .environments import BuildLocked
 from .source import SourceError, check_source
 from .steps import BuildError, tail
@@ -37,9 +39,15 @@ def check_flags(args) -> None:
         for name in KUBERNETES_ONLY:
             if getattr(args, name) != DEFAULTS[name]:
                 raise UsageError(f"{_flag(name)} is for --mode kubernetes only")
+        try:
+            check_build_account_name(args.build_account)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         return
     if args.data_dir:
         raise UsageError("--data-dir is for --mode local only")
+    if args.build_account != BUILD_ACCOUNT:
+        raise UsageError("--build-account is for --mode local only")
     if not _IMAGE_NAME.fullmatch(args.image_prefix):
         raise UsageError(
             f"--image-prefix: {args.image_prefix!r} is not an image name (lowercase letters, "
@@ -55,11 +63,18 @@ def check_flags(args) -> None:
 
 
 def resolve_data_dir(path: str | None) -> str:
-    path = os.path.abspath(os.path.expanduser(path or "~/.clusterhub"))
+    path = os.path.abspath(os.path.expanduser(path or default_data_dir()))
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"--data-dir: {path} is not a directory")
     if os.path.isdir(path) and not os.access(path, os.W_OK):
         raise UsageError(f"--data-dir: cannot write to {path}")
+    reached = path if os.path.isdir(path) else os.path.dirname(path)
+    blocked = closed_to_others(reached) if os.geteuid() == 0 else None
+    if blocked:
+        raise UsageError(
+            f"--data-dir: the build account cannot reach {path}: {blocked} is closed to other "
+            f"users. Use the platform's data dir (as root: {default_data_dir()})"
+        )
     return path
 
 
@@ -93,8 +108,8 @@ def run_build(args, out: TextIO | None = None, err: TextIO | None = None) -> int
     from .runner import build_local, describe_current
 
     try:
-        environment = build_local(source, data_dir, out=out)
-    except BuildLocked as exc:
+        environment = build_local(source, data_dir, out=out, build_account=args.build_account)
+    except (BuildLocked, AccountError) as exc:
         print(f"clusterhub build: error: {exc}", file=err)
         return 2
     except BuildError as exc:

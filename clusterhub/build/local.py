@@ -25,6 +25,7 @@ import sys
 import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 
+from ..accounts import Account
 from . import conda
 from .environments import Environment
 from .spec import BuildSpec
@@ -138,11 +139,28 @@ def _mirror_tree(source: str, dest: str) -> None:
                 os.symlink(os.path.join(dirpath, name), link)
 
 
-def build_env(environment: Environment, home: str) -> dict[str, str]:
-    """The process environment of build commands run "inside" the new environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-    env.update(environment.process_env())
-    env.update(HOME=home, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+# What a build's commands get from the caller's environment: the locale, how to reach the
+# network and a package index. Nothing else (no workshop code, no settings, no tokens).
+PASSED_TO_BUILDS = (
+    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_TRUSTED_HOST", "PIP_NO_INDEX",
+)  # fmt: skip
+
+
+def build_env(environment: Environment, home: str, tmp: str, cache: str) -> dict[str, str]:
+    """The process environment of build commands run "inside" the new environment: a clean
+    one, with the build's own home, temporary and pip cache directories."""
+    env = {k: os.environ[k] for k in PASSED_TO_BUILDS if k in os.environ}
+    env.update(environment.process_env(env.get("PATH", os.defpath)))
+    env.update(
+        HOME=home,
+        TMPDIR=tmp,
+        PIP_CACHE_DIR=cache,
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+    )
     return env
 
 
@@ -182,14 +200,16 @@ def _deb_installed(package: str) -> bool:
     return result.returncode == 0 and result.stdout.strip().endswith(" installed")
 
 
-def pip_requirements(spec: BuildSpec, progress: Progress, env: dict[str, str]) -> list[list[str]]:
+def pip_requirements(
+    spec: BuildSpec, progress: Progress, env: dict[str, str], builder: Account | None = None
+) -> list[list[str]]:
     """The ``pip install`` argument lists for the repository (empty: nothing to install)."""
     installs: list[list[str]] = []
     if spec.environment_yml:
         translation = conda.translate(spec.environment_yml)
         for note in translation.notes:
             progress.say(f"  note: {note}")
-        served, not_served = servable_by_pip(translation.from_conda, env)
+        served, not_served = servable_by_pip(translation.from_conda, env, builder=builder)
         cannot = {**translation.untranslatable, **not_served}
         if cannot:
             progress.say(
@@ -207,7 +227,10 @@ def pip_requirements(spec: BuildSpec, progress: Progress, env: dict[str, str]) -
 
 
 def servable_by_pip(
-    from_conda: dict[str, str], env: dict[str, str], python: str = ""
+    from_conda: dict[str, str],
+    env: dict[str, str],
+    python: str = "",
+    builder: Account | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Ask pip (a dry run, no dependencies) which conda packages it has under the same name."""
     import subprocess
@@ -231,6 +254,7 @@ def servable_by_pip(
             capture_output=True,
             text=True,
             timeout=300,
+            **(builder.popen_kwargs() if builder else {}),
         )
         return result.returncode == 0
 
@@ -247,7 +271,7 @@ def servable_by_pip(
 
 def install_python_packages(
     installs: list[list[str]], environment: Environment, cwd: str, env: dict[str, str],
-    progress: Progress,
+    progress: Progress, builder: Account | None = None,
 ) -> None:  # fmt: skip
     for arguments in installs:
         progress.run(
@@ -256,19 +280,37 @@ def install_python_packages(
             cwd=cwd,
             env=env,
             timeout=PIP_TIMEOUT,
+            account=builder,
         )
 
 
-def run_post_build(spec: BuildSpec, env: dict[str, str], progress: Progress) -> None:
+def make_executable(path: str) -> None:
+    """repo2docker runs ``postBuild`` and ``start`` whatever their mode bits; so do we.
+    (Called before the tree is handed to the build account, on files checked to be in it.)"""
+    mode = os.stat(path, follow_symlinks=False).st_mode
+    if stat.S_ISREG(mode):
+        os.chmod(path, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def run_post_build(
+    spec: BuildSpec, env: dict[str, str], progress: Progress, builder: Account | None = None
+) -> None:
     """postBuild runs once, in the repository's checkout (as repo2docker runs it in the
     repository's directory), with the new environment first on PATH."""
-    script = spec.post_build
-    mode = os.stat(script).st_mode
-    os.chmod(script, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    progress.run([script], what="postBuild", cwd=spec.repo_dir, env=env, timeout=POST_BUILD_TIMEOUT)
+    progress.run(
+        [spec.post_build],
+        what="postBuild",
+        cwd=spec.repo_dir,
+        env=env,
+        timeout=POST_BUILD_TIMEOUT,
+        account=builder,
+    )
 
 
-def check_environment(environment: Environment, env: dict[str, str], progress: Progress) -> None:
+def check_environment(
+    environment: Environment, env: dict[str, str], progress: Progress,
+    builder: Account | None = None,
+) -> None:  # fmt: skip
     """The repository's packages must not have broken what every server and engine needs."""
     imports = "; ".join(f"import {m}" for m in PLATFORM_MODULES)
     progress.run(
@@ -276,6 +318,7 @@ def check_environment(environment: Environment, env: dict[str, str], progress: P
         what="importing the platform's modules in the new environment",
         env=env,
         timeout=300,
+        account=builder,
     )
     for command in ("jupyterhub-singleuser", "dask"):
         if environment.executable(command) == command:

@@ -9,7 +9,10 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from ..accounts import Account
 
 OUTPUT_TAIL_LINES = 60
 
@@ -71,15 +74,18 @@ class Progress:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
+        account: Account | None = None,
     ) -> str:
-        """Run one command of the current step; its output goes to the log, and a non-zero
-        exit raises :class:`BuildError` naming the step with the output's tail."""
+        """Run one command of the current step (as ``account`` if given); its output goes
+        to the log, and a non-zero exit raises :class:`BuildError` naming the step with the
+        output's tail."""
         self.log(f"$ {' '.join(command)}")
         try:
             result = subprocess.run(
                 list(command),
                 cwd=cwd,
                 env=env,
+                **(account.popen_kwargs() if account else {}),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

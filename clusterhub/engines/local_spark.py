@@ -118,6 +118,8 @@ class LocalSparkEngine(SerialisedEngine):
                 # keep them inside the space, which is removed with it.
                 # No /tmp/hsperfdata_<user> left behind by every JVM.
                 "SPARK_DAEMON_JAVA_OPTS": self._java_options,
+                # spark-class's own launcher JVM, which builds every command line.
+                "SPARK_LAUNCHER_OPTS": self._java_options,
                 "SPARK_LOCAL_DIRS": self._dir("tmp"),
                 "PYSPARK_PYTHON": self.python,
             }
@@ -312,6 +314,9 @@ class LocalSparkEngine(SerialisedEngine):
             "SPARK_CONF_DIR": self._dir("conf"),
             "SPARK_LOCAL_IP": self.host,
             "PYSPARK_PYTHON": self.python,
+            # The kernel's spark-submit starts a launcher JVM before the driver's (whose
+            # options come from the conf dir's spark-defaults.conf).
+            "SPARK_LAUNCHER_OPTS": self._java_options,
         }
         if state:
             env["SPARK_MASTER_URL"] = state["master_url"]

@@ -189,7 +189,7 @@ async def poll_until(predicate: Any, timeout: float, interval: float = 0.05) -> 
 
 
 def launch(
-    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, stdin: int | None = None
 ) -> subprocess.Popen[bytes]:
     """Start one container process in its own session with output appended to its log.
 
@@ -201,7 +201,7 @@ def launch(
                 argv,
                 cwd=cwd,
                 env=env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if stdin is None else stdin,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -209,6 +209,25 @@ def launch(
         except OSError as exc:
             logf.write(f"failed to start {argv!r}: {exc}\n".encode())
             raise
+
+
+async def _until_closed(read_fd: int, timeout: float = 60) -> None:
+    """Wait until every writer of a pipe has closed it (or exited); then close our end."""
+    loop = asyncio.get_running_loop()
+    closed = loop.create_future()
+
+    def readable() -> None:
+        if not os.read(read_fd, 4096) and not closed.done():
+            closed.set_result(None)
+
+    loop.add_reader(read_fd, readable)
+    try:
+        await asyncio.wait_for(closed, timeout)
+    except asyncio.TimeoutError:
+        pass  # a wrapper stuck in its setup: the container is reported as it is
+    finally:
+        loop.remove_reader(read_fd)
+        os.close(read_fd)
 
 
 def read_from(path: Path, offset: int) -> bytes:
@@ -529,9 +548,15 @@ class _PodWorker:
             # A restart: the previous run becomes lastState.
             c.last_state = c.state if "terminated" in c.state else c.last_state
             c.restart_count += 1
+        # With a namespace wrapper, the container runs only once the wrapper has exec'd its
+        # command (as a runtime reports it after setting the container up): the wrapper gets
+        # the write end of a pipe as stdin and swaps it for /dev/null just before the exec.
+        setup_read, setup_write = os.pipe() if wrapper else (None, None)
         try:
-            proc = launch(argv, self.work, env, c.log_path)
+            proc = launch(argv, self.work, env, c.log_path, stdin=setup_write)
         except OSError as exc:
+            if setup_read is not None:
+                os.close(setup_read)
             c.exit_code = 128
             c.state = {
                 "terminated": {
@@ -545,8 +570,13 @@ class _PodWorker:
             self.k._event(self.pod, "Warning", "Failed", f"Error: {exc}", c.name)
             self.mark_dirty()
             return False
+        finally:
+            if setup_write is not None:
+                os.close(setup_write)
         self.k._track(proc)
         c.proc = proc
+        if setup_read is not None:
+            await _until_closed(setup_read)
         c.exit_code = None
         c.started = True
         c.state = {"running": {"startedAt": now_iso()}}
@@ -735,7 +765,8 @@ class _PodWorker:
         if not flags:
             return []
         # set -e: a failed mount ends the container with the error in its log, loudly.
-        script = "\n".join(["set -e", *steps, 'exec "$@"'])
+        # Closing stdin (the write end of the kubelet's pipe) tells it the setup is done.
+        script = "\n".join(["set -e", *steps, "exec </dev/null", 'exec "$@"'])
         return [_tool("unshare"), *flags, _tool("sh"), "-c", script, "sh"]
 
     def _mount_steps(self, c: _Container, volumes: dict[str, Path]) -> list[str]:
