@@ -61,7 +61,8 @@ def describe(pid: int) -> str:
 
 
 TEMPORARY_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
-ACCOUNT_GECOS = "clusterhub user "  # clusterhub.accounts writes it for every account it makes
+# clusterhub.accounts writes "clusterhub user <name>" and "clusterhub build account".
+ACCOUNT_GECOS = "clusterhub "
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
