@@ -3,6 +3,7 @@
     python benchmarks/local_platform.py spawn   [--users 5]
     python benchmarks/local_platform.py cluster [--repeat 5]
     python benchmarks/local_platform.py surge   [--users 20]
+    python benchmarks/local_platform.py accounts [--users 5] [--repeat 5]
     python benchmarks/local_platform.py all
 
 spawn:   spawn-to-ready of LocalSpaceSpawner vs JupyterHub's SimpleLocalProcessSpawner,
@@ -12,6 +13,9 @@ cluster: new_cluster + 2 workers joined, through our gateway vs dask-gateway-ser
          repeat starts 10 s after the previous cluster was shut down, on a settled machine.
 surge:   N users log in through the form at once; users ready per minute, ours vs plain
          JupyterHub + SimpleLocalProcessSpawner (goal: ratio >= 0.9, no failures).
+accounts: as root, the per-attendee accounts and fences against --single-account on the same
+         machine: spawn-to-ready (goal: ratio <= 1.1) and Dask cluster ready, new_cluster +
+         2 workers (goal: ratio <= 1.2); also the memory each profile's fence gives.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-from hubclient import BrowserUser, RunningPlatform, free_port  # noqa: E402
+from hubclient import BrowserUser, RunningPlatform, free_port, running_platform  # noqa: E402
 
 PLAIN_CONFIG = """
 c.JupyterHub.spawner_class = "simple"
@@ -38,15 +44,20 @@ c.SimpleLocalProcessSpawner.args = ["--ServerApp.allow_root=True"]
 """
 
 
-def platform(root: str, plain: bool) -> RunningPlatform:
-    extra = []
+@contextmanager
+def platform(
+    root: str, plain: bool = False, extra: tuple[str, ...] = ()
+) -> Iterator[RunningPlatform]:
+    """A running platform; stopped, its accounts and data removed, at the end."""
+    extra_args = list(extra)
     if plain:
         config = os.path.join(root, "plain_config.py")
         os.makedirs(root, exist_ok=True)
         with open(config, "w") as f:
             f.write(PLAIN_CONFIG.format(homes=os.path.join(root, "plain-homes")))
-        extra = ["--config", config]
-    return RunningPlatform(root, extra_args=extra).start()
+        extra_args += ["--config", config]
+    with running_platform(root, extra_args=extra_args) as running:
+        yield running
 
 
 def admin_spawn_and_wait(running: RunningPlatform, name: str, options: dict | None) -> float:
@@ -68,16 +79,9 @@ def admin_spawn_and_wait(running: RunningPlatform, name: str, options: dict | No
 def bench_spawn(users: int) -> None:
     results = {}
     for label, plain in (("plain", True), ("clusterhub", False)):
-        with tempfile.TemporaryDirectory() as root:
-            running = platform(root, plain)
-            try:
-                options = None if plain else {"profile": "dask"}
-                times = [
-                    admin_spawn_and_wait(running, f"{label}{i}", options) for i in range(users)
-                ]
-            finally:
-                running.stop()
-                running.kill_leftovers()
+        with tempfile.TemporaryDirectory() as root, platform(root, plain) as running:
+            options = None if plain else {"profile": "dask"}
+            times = [admin_spawn_and_wait(running, f"{label}{i}", options) for i in range(users)]
         results[label] = statistics.median(times)
         print(f"spawn-to-ready {label:10s}: median {results[label]:.2f} s over {users} users")
     print(f"spawn-to-ready ratio clusterhub/plain: {results['clusterhub'] / results['plain']:.2f}")
@@ -171,28 +175,53 @@ def bench_cluster(repeat: int) -> None:
             server.terminate()
             server.wait(30)
 
-    with tempfile.TemporaryDirectory() as root:
-        running = platform(root, plain=False)
-        try:
-            admin_spawn_and_wait(running, "bench", {"profile": "dask"})
-            token = running.admin_api(
-                "POST",
-                "/users/bench/tokens",
-                json={"scopes": ["access:services!service=dask-gateway"], "expires_in": 3600},
-            ).json()["token"]
-            from clusterhub.settings import PlatformSettings
-
-            settings = PlatformSettings.load(os.path.join(running.data_dir, "run", "settings.json"))
-            ours = _time_clusters(
-                settings.gateway_url, settings.gateway_proxy_address, "hub", token, repeat
-            )
-        finally:
-            running.stop()
-            running.kill_leftovers()
+    with tempfile.TemporaryDirectory() as root, platform(root) as running:
+        ours = _time_our_clusters(running, "bench", repeat)
     b, o = statistics.median(baseline), statistics.median(ours)
     print(f"cluster ready (new_cluster + 2 workers) dask-gateway local backend: median {b:.2f} s")
     print(f"cluster ready (new_cluster + 2 workers) clusterhub:                 median {o:.2f} s")
     print(f"cluster ready ratio clusterhub/baseline: {o / b:.2f}")
+
+
+def _time_our_clusters(running: RunningPlatform, name: str, repeat: int) -> list[float]:
+    """Cluster-ready times through the platform's gateway, as ``name`` (spawned first)."""
+    from clusterhub.settings import PlatformSettings
+
+    admin_spawn_and_wait(running, name, {"profile": "dask"})
+    token = running.admin_api(
+        "POST",
+        f"/users/{name}/tokens",
+        json={"scopes": ["access:services!service=dask-gateway"], "expires_in": 3600},
+    ).json()["token"]
+    settings = PlatformSettings.load(os.path.join(running.data_dir, "run", "settings.json"))
+    proxy = settings.gateway_proxy_address
+    return _time_clusters(settings.gateway_url, proxy, "hub", token, repeat)
+
+
+def bench_accounts(users: int, repeat: int) -> None:
+    if os.geteuid() != 0:
+        print("accounts: skipped, the per-attendee accounts exist only when run as root")
+        return
+    from clusterhub.profiles import DEFAULT_PROFILES, memory_budget_gib
+    from clusterhub.spawner.local import LocalSpaceSpawner
+
+    spawn, cluster = {}, {}
+    for label, extra in (("single-account", ("--single-account",)), ("per-user", ())):
+        with tempfile.TemporaryDirectory() as root, platform(root, extra=extra) as running:
+            options = {"profile": "dask"}
+            times = [admin_spawn_and_wait(running, f"u{i}", options) for i in range(users)]
+            spawn[label] = statistics.median(times)
+            cluster[label] = statistics.median(_time_our_clusters(running, "u0", repeat))
+        print(f"spawn-to-ready {label:15s}: median {spawn[label]:.2f} s over {users} users")
+        print(f"cluster ready  {label:15s}: median {cluster[label]:.2f} s over {repeat} clusters")
+    print(f"spawn-to-ready ratio per-user/single-account: "
+          f"{spawn['per-user'] / spawn['single-account']:.2f}")  # fmt: skip
+    print(f"cluster ready ratio per-user/single-account: "
+          f"{cluster['per-user'] / cluster['single-account']:.2f}")  # fmt: skip
+    notebook = LocalSpaceSpawner.notebook_memory_gib.default_value
+    for profile in DEFAULT_PROFILES:
+        budget = memory_budget_gib(profile, notebook)
+        print(f"fence memory of profile {profile['slug']!r}: {budget} GiB")
 
 
 def _surge(running: RunningPlatform, users: int, plain: bool) -> tuple[float, int]:
@@ -220,13 +249,8 @@ def _surge(running: RunningPlatform, users: int, plain: bool) -> tuple[float, in
 def bench_surge(users: int) -> None:
     rates = {}
     for label, plain in (("plain", True), ("clusterhub", False)):
-        with tempfile.TemporaryDirectory() as root:
-            running = platform(root, plain)
-            try:
-                seconds, failures = _surge(running, users, plain)
-            finally:
-                running.stop(timeout=300)
-                running.kill_leftovers()
+        with tempfile.TemporaryDirectory() as root, platform(root, plain) as running:
+            seconds, failures = _surge(running, users, plain)
         rates[label] = (users - failures) / seconds * 60
         print(
             f"surge {label:10s}: {users} users in {seconds:.1f} s, {failures} failed, "
@@ -240,7 +264,7 @@ def bench_surge(users: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or ""))
-    parser.add_argument("which", choices=["spawn", "cluster", "surge", "all"])
+    parser.add_argument("which", choices=["spawn", "cluster", "surge", "accounts", "all"])
     parser.add_argument("--users", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
@@ -250,6 +274,8 @@ def main() -> None:
         bench_cluster(args.repeat)
     if args.which in ("surge", "all"):
         bench_surge(args.users or 20)
+    if args.which in ("accounts", "all"):
+        bench_accounts(args.users or 5, args.repeat)
 
 
 if __name__ == "__main__":
