@@ -24,6 +24,7 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
+from tornado import web
 from traitlets import Bool, Dict, Float, Unicode, default
 
 import clusterhub
@@ -53,6 +54,19 @@ _KIND_API = {
 # Kinds whose existing object is replaced by the current profile's on a new start; the rest
 # (a Service's cluster IP, a Deployment someone scaled, a Secret engines already use) stay.
 _REPLACED_ON_START = {"ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding"}
+
+
+class ForeignNamespace(web.HTTPError):
+    """A namespace of the space's name exists but this hub did not make it for the user."""
+
+    def __init__(self, namespace: str, username: str):
+        message = (
+            f"namespace {namespace} already exists and was not made by this hub for {username}; "
+            "it is left alone. A cluster admin can remove it, or give this hub another "
+            "namespace prefix"
+        )
+        super().__init__(409, message)
+        self.jupyterhub_message = message
 
 
 class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
@@ -262,6 +276,8 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             if exc.status != 404:
                 raise
             existing = None
+        if existing is not None:
+            self._check_namespace_is_ours(existing.metadata.labels or {})
         if existing is not None and existing.status.phase == "Terminating":
             self.log.info("Waiting for %s's previous namespace to be gone", self.user.name)
             if not await self._wait_namespace_gone(self.namespace_delete_timeout):
@@ -278,6 +294,13 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
                 if exc.status != 409:
                     raise
         await self._create_space_objects()
+
+    def _check_namespace_is_ours(self, labels: dict[str, str]) -> None:
+        """A namespace of that name that this hub did not make for this user is never
+        adopted (nor, at stop, deleted): it may be another team's, secrets and all."""
+        wanted = k.space_labels(self.hub_name, self.user.name)
+        if any(labels.get(key) != value for key, value in wanted.items()):
+            raise ForeignNamespace(self.namespace, self.user.name)
 
     async def _create_space_objects(self) -> None:
         options = self.space_options()
@@ -348,7 +371,12 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             return
         core = self._api(CoreV1Api)
         try:
+            existing = await self._request(core.read_namespace(self.namespace))
+            self._check_namespace_is_ours(existing.metadata.labels or {})
             await self._request(core.delete_namespace(self.namespace))
+        except ForeignNamespace as exc:
+            self.log.warning("Not deleting: %s", exc.jupyterhub_message)
+            return
         except ApiException as exc:
             if exc.status != 404:
                 raise

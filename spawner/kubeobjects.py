@@ -888,10 +888,15 @@ HUB_RBAC_RULES: list[dict[str, Any]] = [
             "services",
             "secrets",
             "serviceaccounts",
-            "resourcequotas",
-            "limitranges",
         ],
         "verbs": list(_CRUD),
+    },
+    # A space's settings are replaced when they exist already (a namespace kept over a stop,
+    # or left by an interrupted one): create alone would fail there forever.
+    {
+        "apiGroups": [""],
+        "resources": ["resourcequotas", "limitranges"],
+        "verbs": [*_CRUD, "update"],
     },
     # KubeSpawner watches events to report spawn progress
     {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
@@ -901,11 +906,15 @@ HUB_RBAC_RULES: list[dict[str, Any]] = [
         "resources": ["deployments/scale"],
         "verbs": ["get", "patch", "update"],
     },
-    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": list(_CRUD)},
+    {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": [*_CRUD, "update"],
+    },
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
-        "verbs": list(_CRUD),
+        "verbs": [*_CRUD, "update"],
     },
 ]
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import psutil
 import pytest
@@ -20,6 +21,8 @@ import requests
 from hubclient import BrowserUser, RunningPlatform, free_port, wait_until_healthy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clusterhub.spawner.kubeobjects import make_namespace_name, space_labels  # noqa: E402
+from tests.kube.chart import ChartRbac, render_chart  # noqa: E402
 from tests.kube.fixtures import KubeCluster  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -50,9 +53,11 @@ class RunningKubeHub(RunningPlatform):
     """The hub as the Helm chart runs it (jupyterhub -f clusterhub's config), in kubernetes
     mode against the emulator; it starts its own proxy since there is no proxy pod here."""
 
-    def __init__(self, root: str, cluster: KubeCluster):
+    def __init__(self, root: str, cluster: KubeCluster, kubeconfig: str | None = None):
         super().__init__(root, local_accounts=False)
         self.cluster = cluster
+        # The hub's credentials: its ServiceAccount's (the chart's RBAC) when given.
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.admin_password = "a" * 40
         os.makedirs(os.path.join(self.data_dir, "hub"), exist_ok=True)
         config = os.path.join(root, "test_config.py")
@@ -86,7 +91,7 @@ class RunningKubeHub(RunningPlatform):
 
     def start(self, timeout: float = 60) -> RunningKubeHub:
         env = self.env()
-        env.update(CLUSTERHUB_SETTINGS=self.settings_file, KUBECONFIG=self.cluster.kubeconfig)
+        env.update(CLUSTERHUB_SETTINGS=self.settings_file, KUBECONFIG=self.kubeconfig)
         env.pop("KUBERNETES_SERVICE_HOST", None)
         config = os.path.join(CHECKOUT, "clusterhub", "jupyterhub_config.py")
         self.log = open(os.path.join(self.root, "hub.log"), "ab")
@@ -197,12 +202,20 @@ def cluster():
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def chart_rbac(cluster: KubeCluster) -> ChartRbac:
+    """The chart's ServiceAccounts, ClusterRoles and bindings, installed as `helm install`
+    would: the hub under test holds exactly the rights the chart gives it."""
+    objects = render_chart("ch", HUB_NAMESPACE, "--set-string", "hub.workshopCode=open-sesame")
+    return ChartRbac(cluster.url, cluster.token, objects, HUB_NAMESPACE).install()
+
+
 @pytest.fixture(scope="module")
 def hub(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kubehub")
+    rbac = chart_rbac(cluster)
     # What a platform admin does once: the registry credentials live in the hub's namespace.
-    kubectl = Kubectl(cluster)
-    for body in (
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": HUB_NAMESPACE}},
+    Kubectl(cluster).post(
+        f"/api/v1/namespaces/{HUB_NAMESPACE}/secrets",
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -210,12 +223,9 @@ def hub(cluster, tmp_path_factory):
             "type": "kubernetes.io/dockerconfigjson",
             "data": {".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="},
         },
-    ):
-        path = "/api/v1/namespaces"
-        if body["kind"] == "Secret":
-            path += f"/{HUB_NAMESPACE}/secrets"
-        kubectl.post(path, body).raise_for_status()
-    running = RunningKubeHub(str(tmp_path_factory.mktemp("kubehub")), cluster).start()
+    ).raise_for_status()
+    kubeconfig = rbac.kubeconfig(rbac.service_account("hub"), root / "hub-kubeconfig")
+    running = RunningKubeHub(str(root), cluster, kubeconfig).start()
     try:
         yield running
     finally:
@@ -356,3 +366,74 @@ def test_names_are_checked_at_login_and_the_longest_gets_a_valid_namespace(hub, 
     assert len(ns) <= 63 and ns.isascii() and ns.startswith(PREFIX)
     user.stop_server(timeout=90)
     assert ns not in kubectl.namespaces()
+
+
+def _spawn_failure(user: BrowserUser) -> str:
+    """Submit the form and return what the attendee is told once the start has failed."""
+    response = user.spawn(profile="dask")
+    page = response.text
+    deadline = time.monotonic() + 60
+    while response.status_code == 302 and time.monotonic() < deadline:
+        progress = user.session.get(
+            f"{user.base}/hub/api/users/{user.name}/server/progress",
+            headers={"X-XSRFToken": user.xsrf("/hub/")},
+            stream=True,
+            timeout=60,
+        )
+        for line in progress.iter_lines(decode_unicode=True):
+            if line.startswith("data:") and '"failed": true' in line:
+                return json.loads(line[5:])["message"]
+        time.sleep(0.5)
+    return page
+
+
+def test_a_namespace_the_hub_did_not_make_is_never_taken_over(hub, kubectl):
+    # Another team's namespace happens to have the name user "ws2" would get.
+    ns = make_namespace_name(PREFIX, "ws2", reserved=[HUB_NAMESPACE])
+    kubectl.post(
+        "/api/v1/namespaces",
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"team": "b"}},
+        },
+    ).raise_for_status()
+    kubectl.post(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "their-key"}, "data": {}},
+    ).raise_for_status()
+    user = BrowserUser(hub, "ws2")
+    user.login().raise_for_status()
+    told = _spawn_failure(user)
+    assert f"namespace {ns} already exists and was not made by this hub for ws2" in told, told
+    time.sleep(3)  # the hub's clean-up after a failed start has run
+    namespace = kubectl.get(f"/api/v1/namespaces/{ns}").json()
+    assert namespace["metadata"]["labels"]["team"] == "b"
+    assert "deletionTimestamp" not in namespace["metadata"], "never deleted"
+    assert kubectl.names("secrets", ns) == {"their-key"}
+    assert kubectl.names("pods", ns) == set(), "nothing of the hub's was put there"
+
+
+def test_a_start_replaces_the_settings_a_kept_namespace_still_holds(hub, kubectl):
+    # As after an interrupted stop: keeper's own namespace (this hub's, for keeper) still has
+    # a quota from before. The hub, with the chart's rights, replaces it and starts.
+    ns = make_namespace_name(PREFIX, "keeper", reserved=[HUB_NAMESPACE])
+    labels = space_labels("test-hub", "keeper")
+    kubectl.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
+    ).raise_for_status()
+    stale = {"hard": {"pods": "1"}}
+    kubectl.post(
+        f"/api/v1/namespaces/{ns}/resourcequotas",
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "space-quota"},
+            "spec": stale,
+        },
+    ).raise_for_status()
+    user = spawn(hub, "keeper", profile="dask")
+    (quota,) = kubectl.items("resourcequotas", ns)
+    assert quota["spec"] != stale and quota["spec"]["hard"]["pods"] != "1"
+    user.stop_server(timeout=90)

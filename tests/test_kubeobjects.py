@@ -407,6 +407,13 @@ def test_hub_rules_are_minimal():
         assert {"create", "delete", "get", "list", "watch"} <= set(rule["verbs"]), needed
 
 
+def test_the_hub_may_replace_the_settings_it_replaces_on_start():
+    # spawner/kube.py replaces these when a space's namespace kept them over a stop.
+    for plural in ("resourcequotas", "limitranges", "networkpolicies", "roles", "rolebindings"):
+        rule = next(rule for rule in ko.HUB_RBAC_RULES if plural in rule["resources"])
+        assert "update" in rule["verbs"], plural
+
+
 def test_hub_cluster_role_and_binding():
     role = ko.make_hub_cluster_role("clusterhub-hub")
     assert role["kind"] == "ClusterRole" and role["rules"] == ko.HUB_RBAC_RULES

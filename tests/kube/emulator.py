@@ -43,17 +43,22 @@ Emulated
   and conditions), ReplicaSet (``<rs>-<5 chars>`` pods with controller ownerReferences, surplus
   pods deleted not-ready-first), garbage collector (ownerReferences with background,
   foreground and orphan propagation; owners of kinds it does not know are left alone).
+* Authentication and RBAC (see :mod:`tests.kube.rbac`): the harness's admin token is in
+  ``system:masters``; ``serviceaccounts/token`` (TokenRequest) issues each ServiceAccount a
+  token of its own, and every request with it is authorised from the stored Roles,
+  ClusterRoles and bindings (subresources included); writing a Role or binding that grants
+  more than the writer holds is refused unless they hold ``escalate``/``bind``.
 * pods/log is proxied to the kubelet's HTTP endpoint, which the kubelet registers in its Node
   object (``status.daemonEndpoints``), as the real API server does.
 
 Not emulated
 ------------
-* Authentication beyond one bearer token; no RBAC authorization, no admission other than the
-  NamespaceLifecycle checks above, no ResourceQuota/LimitRange enforcement or accounting.
+* Admission other than the NamespaceLifecycle checks above; no ResourceQuota/LimitRange
+  enforcement or accounting.
 * Server-side apply (``application/apply-patch+yaml`` is answered 415), ``dryRun`` (400),
   managedFields, Table output, protobuf, aggregated discovery, OpenAPI documents.
 * CustomResourceDefinitions and any kind not listed above; ``/api/v1/watch/...`` legacy paths.
-* pods/exec, attach, portforward, eviction, serviceaccounts/token, namespaces/finalize.
+* pods/exec, attach, portforward, eviction, namespaces/finalize.
 * Scheduling constraints other than nodeSelector (the kubelet doubles as scheduler); rolling
   update pacing (maxSurge/maxUnavailable, minReadySeconds: the new ReplicaSet is scaled up and
   old ones to 0 at once), HPA, Endpoints/EndpointSlices, kube-proxy (a service clusterIP is
@@ -70,6 +75,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import copy
 import datetime as dt
 import hashlib
@@ -87,6 +93,28 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+
+from .rbac import (
+    ADMIN,
+    Identity,
+    Store,
+    escalation_refusal,
+    forbidden_message,
+    service_account_identity,
+)
+from .rbac import Request as RbacRequest
+from .rbac import allowed as rbac_allowed
+
+_NAMED_VERBS = {
+    "GET": "get",
+    "PUT": "update",
+    "PATCH": "patch",
+    "DELETE": "delete",
+    "POST": "create",
+}
+# Who the request being handled comes from (set once its token is checked). Built-in
+# controllers act as the admin.
+_CALLER: contextvars.ContextVar[Identity] = contextvars.ContextVar("caller", default=ADMIN)
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +281,7 @@ RESOURCES: list[ResourceType] = [
     ),
     ResourceType("", "v1", "secrets", "Secret", True),
     ResourceType("", "v1", "configmaps", "ConfigMap", True, ("cm",)),
-    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",)),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", True, ("sa",), ("token",)),
     ResourceType(
         "",
         "v1",
@@ -301,6 +329,7 @@ NODES = _BY_KEY["/nodes"]
 PODS = _BY_KEY["/pods"]
 SERVICES = _BY_KEY["/services"]
 SECRETS = _BY_KEY["/secrets"]
+SERVICE_ACCOUNTS = _BY_KEY["/serviceaccounts"]
 SERVICEACCOUNTS = _BY_KEY["/serviceaccounts"]
 DEPLOYMENTS = _BY_KEY["apps/deployments"]
 REPLICASETS = _BY_KEY["apps/replicasets"]
@@ -932,6 +961,10 @@ class KubeEmulator:
     ) -> None:
         self.workdir = Path(workdir)
         self.token = token or secrets.token_hex(16)
+        # Bearer tokens: the harness's admin token (system:masters), and one per
+        # ServiceAccount issued through the TokenRequest API (serviceaccounts/token).
+        self._identities: dict[str, Identity] = {self.token: ADMIN}
+        self._rbac = Store(get=self._rbac_get, list=self._rbac_list)
         self.url = ""
         self.kubeconfig = str(self.workdir / "kubeconfig")
         self._bg = BackgroundLoop("kube-emulator")
@@ -1204,6 +1237,7 @@ class KubeEmulator:
             raise invalid(rt, name, errors)
         if rt.namespaced:
             self._namespace_usable(rt, ns or "", name)
+        self._check_escalation(rt, obj, ns)
         if self._get_obj(rt, ns, name) is not None:
             raise already_exists(rt, name)
         for k in (
@@ -1368,6 +1402,8 @@ class KubeEmulator:
                 return self._create(rt, ns, new)
             raise not_found(rt, name)
         cmeta = cur["metadata"]
+        if subresource is None:
+            self._check_escalation(rt, {**new, "metadata": {**nmeta, "name": name}}, ns)
         if nmeta.get("resourceVersion") and nmeta["resourceVersion"] != cmeta["resourceVersion"]:
             raise conflict(rt, name)
         if nmeta.get("uid") and nmeta["uid"] != cmeta["uid"]:
@@ -1985,8 +2021,73 @@ class KubeEmulator:
             return web.json_response(err.status(), status=500)
 
     def _check_auth(self, request: web.Request) -> None:
-        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        who = self._identities.get(token)
+        if who is None:
             raise ApiError(401, "Unauthorized", "Unauthorized")
+        _CALLER.set(who)
+
+    # ---------------------------------------------------------------- RBAC (see rbac.py)
+
+    def _rbac_get(self, plural: str, ns: str, name: str) -> Obj | None:
+        return self._get_obj(_BY_KEY[f"{_RBAC}/{plural}"], ns or None, name)
+
+    def _rbac_list(self, plural: str, ns: str | None) -> list[Obj]:
+        return self._objects_in(_BY_KEY[f"{_RBAC}/{plural}"], ns)
+
+    def _authorize(
+        self,
+        request: web.Request,
+        rt: ResourceType,
+        ns: str | None,
+        name: str | None,
+        sub: str | None,
+    ) -> None:
+        method = request.method
+        if name is None:
+            if method == "GET":
+                watch = request.query.get("watch", "").lower() in ("1", "true", "t")
+                verb = "watch" if watch else "list"
+            else:
+                verb = {"POST": "create", "DELETE": "deletecollection"}.get(method, method.lower())
+        else:
+            verb = _NAMED_VERBS.get(method, method.lower())
+        req = RbacRequest(verb, rt.group, rt.plural, sub or "", ns or "", name or "")
+        who = _CALLER.get()
+        if not rbac_allowed(who, req, self._rbac):
+            details = {"name": name or "", "kind": rt.plural}
+            if rt.group:
+                details["group"] = rt.group
+            raise ApiError(403, "Forbidden", forbidden_message(who, req), details)
+
+    def _check_escalation(self, rt: ResourceType, obj: Obj, ns: str | None) -> None:
+        if rt.group != _RBAC:
+            return
+        why = escalation_refusal(_CALLER.get(), rt.kind, obj, ns or "", self._rbac)
+        if why:
+            name = obj["metadata"].get("name", "")
+            raise ApiError(403, "Forbidden", why, _details(rt, name))
+
+    def _token_request(self, ns: str, name: str, body: Any) -> web.Response:
+        """TokenRequest: a bearer token for the ServiceAccount (one per account, kept)."""
+        self._get(SERVICE_ACCOUNTS, ns, name)  # 404 for a missing account
+        who = service_account_identity(ns, name)
+        token = next((t for t, i in self._identities.items() if i == who), None)
+        if token is None:
+            token = secrets.token_hex(16)
+            self._identities[token] = who
+        spec = (body or {}).get("spec") or {}
+        return web.json_response(
+            {
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"audiences": spec.get("audiences") or [], **spec},
+                "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"},
+            },
+            status=201,
+        )
 
     async def _route(self, request: web.Request, segs: list[str]) -> web.StreamResponse:
         if segs == ["api"]:
@@ -2116,6 +2217,7 @@ class KubeEmulator:
         q = request.query
         method = request.method
         resource = rt.plural + (f"/{sub}" if sub else "")
+        self._authorize(request, rt, ns, name, sub)
         if "dryRun" in q:
             raise bad_request("dryRun is not supported by the test emulator")
         if name is None:
@@ -2165,6 +2267,11 @@ class KubeEmulator:
             return self._bind(ns, name, await self._read_body(request))
         if sub == "scale":
             return await self._scale(request, rt, ns, name)
+        if sub == "token":
+            if method != "POST":
+                raise method_not_allowed()
+            self._count(request, "create", resource)
+            return self._token_request(ns or "", name, await self._read_body(request))
         if method == "GET":
             self._count(request, "get", resource)
             return web.json_response(self._get(rt, ns, name))

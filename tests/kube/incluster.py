@@ -9,14 +9,13 @@ The kubelet sets the variables in every container and mounts the three files (th
 when the pod leaves it unset, on its ServiceAccount. That is what ``kubernetes.config.
 load_incluster_config()`` and ``rest.InClusterConfig`` read.
 
-Two things differ from a real cluster, both because of the emulator:
+The token is the pod's ServiceAccount's, from the TokenRequest API, and the emulator
+authorises it with RBAC from the Roles and bindings it stores.
 
-* The emulator speaks plain HTTP, and in-cluster clients only speak HTTPS. :class:`ApiTlsFront`
-  is an HTTPS endpoint on 127.0.0.1 with a CA made for this run; it forwards every request
-  unchanged (watch streams included) and answers exactly what the emulator answers.
-* The emulator knows one bearer token and neither authenticates identities nor authorises
-  with RBAC, so every pod's token is that token. Which ServiceAccount may do what is checked
-  from the Role data in the tests, not by this harness.
+One thing differs from a real cluster, because of the emulator: it speaks plain HTTP, and
+in-cluster clients only speak HTTPS. :class:`ApiTlsFront` is an HTTPS endpoint on 127.0.0.1
+with a CA made for this run; it forwards every request unchanged (watch streams included)
+and answers exactly what the emulator answers.
 """
 
 from __future__ import annotations

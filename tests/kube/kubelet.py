@@ -681,9 +681,9 @@ class _PodWorker:
         if front is None:
             return None
         setting = self.pod["spec"].get("automountServiceAccountToken")
+        name = self.pod["spec"].get("serviceAccountName") or "default"
         account = None
         if setting is None:
-            name = self.pod["spec"].get("serviceAccountName") or "default"
             account = await self.k._get_json(f"/api/v1/namespaces/{self.ns}/serviceaccounts/{name}")
             if account is None:
                 # A real kubelet cannot request a token for a missing account either.
@@ -693,7 +693,19 @@ class _PodWorker:
                 )
         if not automount_token(self.pod, account):
             return None
-        return front.service_account_files(self.k.token, self.ns)
+        # The pod's own ServiceAccount token, from the TokenRequest API as a real kubelet
+        # gets it: what the pod may do is what RBAC grants that account.
+        code, answer = await self.k._api(
+            "POST",
+            f"/api/v1/namespaces/{self.ns}/serviceaccounts/{name}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
+        )
+        if code != 201:
+            raise _MountError(
+                f'MountVolume.SetUp failed for volume "{SERVICE_ACCOUNT_VOLUME}" : failed to '
+                f"fetch token: HTTP {code}"
+            )
+        return front.service_account_files(answer["status"]["token"], self.ns)
 
     async def _volume_files(self, name: str, vol: Obj) -> dict[str, bytes]:
         if "secret" in vol:
