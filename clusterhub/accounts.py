@@ -200,10 +200,20 @@ def find_account(policy: AccountPolicy, hub_name: str) -> Account | None:
     return _account_of(entry)
 
 
+# useradd and groupadd lock /etc/passwd and /etc/group themselves and fail (rather than wait)
+# when they are busy: one account at a time on the whole machine, across the hub's threads,
+# `clusterhub build` and any other platform on it.
+# In a directory of root's own: in a world-writable one (/run/lock, /tmp) an attendee could
+# make the file first and hold the lock forever.
+MACHINE_ACCOUNTS_LOCK = "/run/clusterhub/accounts.lock"
+
+
 @contextlib.contextmanager
 def _accounts_lock(lock_file: str) -> Iterator[None]:
-    # useradd locks /etc/passwd itself and fails (rather than waits) when it is busy: one
-    # account at a time, across the hub's threads and any other platform process.
+    """The machine's accounts lock (``lock_file``, the platform's own, where there is no
+    /run)."""
+    if os.path.isdir(os.path.dirname(os.path.dirname(MACHINE_ACCOUNTS_LOCK))):
+        lock_file = MACHINE_ACCOUNTS_LOCK
     os.makedirs(os.path.dirname(lock_file), mode=0o700, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -9,7 +10,28 @@ import time
 # Where chosen ports come from when the kernel's ephemeral range leaves room below it.
 CHOSEN_PORTS_LOW = 20000
 EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+# "LOW-HIGH": choose every port from this range instead (firewall rules; or several
+# platforms, or test runners, on one machine that must never pick the same port).
+PORT_RANGE_ENV = "CLUSTERHUB_PORT_RANGE"
 _handed_out: set[int] = set()
+
+
+def chosen_range() -> tuple[int, int]:
+    """The range ports are chosen from: $CLUSTERHUB_PORT_RANGE, else below the ephemeral
+    range (empty when there is no room there)."""
+    configured = os.environ.get(PORT_RANGE_ENV, "")
+    if configured:
+        try:
+            low, high = (int(x) for x in configured.split("-"))
+        except ValueError:
+            raise ValueError(
+                f"{PORT_RANGE_ENV}: {configured!r} is not LOW-HIGH (ports 1024-65535)"
+            ) from None
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"{PORT_RANGE_ENV}: {configured!r} is not within 1024-65535")
+        return low, high
+    low, _ = ephemeral_range()
+    return (CHOSEN_PORTS_LOW, low - 1) if low - CHOSEN_PORTS_LOW >= 1000 else (1, 0)
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -42,10 +64,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     chosen below that range, where the kernel never hands one out on its own, and never
     twice by this process.
     """
-    low, _ = ephemeral_range()
-    if low - CHOSEN_PORTS_LOW >= 1000:
+    low, high = chosen_range()
+    if low <= high:
         for _ in range(200):
-            port = random.randrange(CHOSEN_PORTS_LOW, low)
+            port = random.randint(low, high)
             if port not in _handed_out and _bindable(host, port):
                 _handed_out.add(port)
                 return port

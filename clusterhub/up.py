@@ -28,7 +28,7 @@ from . import procs
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
-from .ports import free_port, port_is_free
+from .ports import chosen_range, free_port, port_is_free
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
 
@@ -329,6 +329,10 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     config_file = check_config_file(args.config)
     proxy = find_proxy()
     check_java()
+    try:
+        chosen_range()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if not port_is_free(ip, args.port):
         where = ip or "all interfaces"
         raise UsageError(

@@ -858,11 +858,9 @@ def make_network_policies(
 #: scale its engines. ``deployments/scale`` only supports get/patch/update.
 NOTEBOOK_ROLE_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {
-        "apiGroups": ["apps"],
-        "resources": ["deployments"],
-        "verbs": ["get", "list", "watch", "patch", "update"],
-    },
+    # Read the engines, and scale them through the scale subresource: never patch or update
+    # a Deployment itself, whose pod template (image, user, mounts, node) is the platform's.
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
     {
         "apiGroups": ["apps"],
         "resources": ["deployments/scale"],

@@ -314,7 +314,8 @@ def test_settings_secret_is_the_contract(rendered, case, tmp_path):
     assert ko.label_value(fullname) == fullname
     assert k8s["proxy_api_url"] == "http://proxy-api:8001"
     assert k8s["hub_bind_url"] == "http://:8081"
-    assert k8s["hub_connect_url"] == "http://hub:8081"
+    # Notebooks are in their users' namespaces: the hub's name must say which namespace.
+    assert k8s["hub_connect_url"] == f"http://hub.{NAMESPACE}.svc:8081"
     assert k8s["gateway_url"] == (f"http://dask-gateway.{NAMESPACE}.svc:8000/services/dask-gateway")
     assert k8s["gateway_proxy_address"] == f"gateway://dask-gateway.{NAMESPACE}.svc:8786"
     assert set(k8s["network_policy"]) == set(ko.DEFAULT_NETWORK_ALLOW)

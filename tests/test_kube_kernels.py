@@ -178,6 +178,40 @@ def worker_replicas(kubectl: Kubectl, ns: str, deployment: str) -> int:
     return got.json()["spec"]["replicas"]
 
 
+def worker_image(kubectl: Kubectl, ns: str, deployment: str) -> str:
+    got = kubectl.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{deployment}")
+    got.raise_for_status()
+    return got.json()["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+# From a kernel, with the pod's ServiceAccount token (what any attendee's code can read).
+REWRITE_ENGINE = """
+import json, os, ssl, urllib.error, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
+base = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+token, ns = open(sa + "token").read(), open(sa + "namespace").read()
+tls = ssl.create_default_context(cafile=sa + "ca.crt")
+def patch(path, body):
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), method="PATCH",
+        headers={"Authorization": "Bearer " + token,
+                 "Content-Type": "application/strategic-merge-patch+json"})
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+engine = f"/apis/apps/v1/namespaces/{ns}/deployments/ipengine"
+evil = [{"name": "ipengine", "image": "evil"}]
+containers = {"spec": {"template": {"spec": {"containers": evil}}}}
+print(json.dumps({
+    "image": patch(engine, containers),
+    "labels": patch(engine, {"metadata": {"labels": {"owned": "by-me"}}}),
+    "scale": patch(engine + "/scale", {"spec": {"replicas": 2}}),
+}))
+"""
+
+
 def refusals_change_nothing(user: BrowserUser, kubectl: Kubectl, engine: str, deployment: str):
     """Bad bodies through the hub: refused with the field and range, the Deployment as it was."""
     ns = kubectl.space_of(user.name)
@@ -274,6 +308,14 @@ def test_a_kernel_maps_over_ipyparallel_engines_and_the_api_scales_them(
 
         second = last_json(kernel.execute(IPP_MAP.format(n=2), timeout=120))
         assert second["engines"] == 2
+
+        # With the notebook's own token the kernel may scale its engines (the control), but
+        # not rewrite them: no other image, user, mount or node for the engine pods.
+        image = worker_image(kubectl, ns, "ipengine")
+        tried = last_json(kernel.execute(REWRITE_ENGINE, timeout=60))
+        assert tried == {"image": 403, "labels": 403, "scale": 200}, tried
+        assert worker_image(kubectl, ns, "ipengine") == image
+        assert worker_replicas(kubectl, ns, "ipengine") == 2
         pods = kubectl.items("pods", ns)
         engines = sorted(
             p["metadata"]["name"]

@@ -58,6 +58,8 @@ class RunningKubeHub(RunningPlatform):
         self.cluster = cluster
         # The hub's credentials: its ServiceAccount's (the chart's RBAC) when given.
         self.kubeconfig = kubeconfig or cluster.kubeconfig
+        # Put before the hub's command (e.g. to give it the cluster's names, as its pod has).
+        self.command_prefix: list[str] = []
         self.admin_password = "a" * 40
         os.makedirs(os.path.join(self.data_dir, "hub"), exist_ok=True)
         config = os.path.join(root, "test_config.py")
@@ -96,7 +98,7 @@ class RunningKubeHub(RunningPlatform):
         config = os.path.join(CHECKOUT, "clusterhub", "jupyterhub_config.py")
         self.log = open(os.path.join(self.root, "hub.log"), "ab")
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "jupyterhub"), "-f", config],
+            [*self.command_prefix, os.path.join(BIN, "jupyterhub"), "-f", config],
             cwd=os.path.join(self.data_dir, "hub"),
             env=env,
             stdout=self.log,

@@ -329,7 +329,7 @@ def test_make_role_literal():
             {
                 "apiGroups": ["apps"],
                 "resources": ["deployments"],
-                "verbs": ["get", "list", "watch", "patch", "update"],
+                "verbs": ["get", "list", "watch"],
             },
             {
                 "apiGroups": ["apps"],

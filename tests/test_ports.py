@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from clusterhub.ports import ephemeral_range, free_port
+import pytest
+
+from clusterhub.ports import PORT_RANGE_ENV, chosen_range, ephemeral_range, free_port
 
 
 def test_chosen_ports_are_outside_the_ephemeral_range_and_never_handed_out_twice():
@@ -31,3 +33,15 @@ def test_a_chosen_port_can_be_bound_by_its_component():
         sock.bind(("127.0.0.1", port))
         sock.listen()
         assert sock.getsockname()[1] == port
+
+
+def test_a_configured_range_is_where_every_port_comes_from(monkeypatch):
+    monkeypatch.setenv(PORT_RANGE_ENV, "21000-21049")
+    chosen = {free_port() for _ in range(20)}
+    assert len(chosen) == 20 and all(21000 <= port <= 21049 for port in chosen)
+    monkeypatch.setenv(PORT_RANGE_ENV, "80-90")
+    with pytest.raises(ValueError, match="CLUSTERHUB_PORT_RANGE: '80-90' is not within 1024-65535"):
+        chosen_range()
+    monkeypatch.setenv(PORT_RANGE_ENV, "lots")
+    with pytest.raises(ValueError, match="is not LOW-HIGH"):
+        chosen_range()
