@@ -101,6 +101,9 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
 
     c.KubeSpaceClusterConfig.image = kube["cluster_image"]
     c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
+    c.KubeSpaceClusterConfig.image_pull_secrets = [
+        e["name"] if isinstance(e, dict) else e for e in kube.get("image_pull_secrets") or []
+    ]
     # What the space's quota counts for a coordinator (clusterhub.spawner.kubespace).
     c.ClusterConfig.scheduler_cores = 1
     c.ClusterConfig.scheduler_memory = "1 G"

@@ -61,6 +61,13 @@ class KubeSpaceClusterConfig(ClusterConfig):
         help="imagePullPolicy of scheduler and worker pods: Always, IfNotPresent or Never.",
     )
 
+    image_pull_secrets = List(
+        Unicode(),
+        config=True,
+        help="Names of the Secrets scheduler and worker pods pull their image with (a private "
+        "registry). The hub copies them into each user's namespace, where these pods run.",
+    )
+
     @default("scheduler_cmd")
     def _default_scheduler_cmd(self):
         # Arguments to the cluster image's entrypoint (clusterhub-engine MODE ...).
@@ -357,6 +364,7 @@ class KubeSpaceBackend(DBBackendBase):
             cluster.name,
             image=config.image,
             image_pull_policy=config.image_pull_policy,
+            image_pull_secrets=config.image_pull_secrets,
             args=self.get_scheduler_command(cluster),
             env=self.get_scheduler_env(cluster),
             cores=config.scheduler_cores,
@@ -415,6 +423,7 @@ class KubeSpaceBackend(DBBackendBase):
             hub_name=self.hub_name,
             image=config.image,
             image_pull_policy=config.image_pull_policy,
+            image_pull_secrets=config.image_pull_secrets,
             args=self.get_worker_command(cluster, worker.name),
             env=self.get_worker_env(cluster),
             cores=config.worker_cores,

@@ -167,6 +167,7 @@ def _pod(
     memory: int,
     image_pull_policy: str,
     cluster: str,
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be a non-empty image reference, got {image!r}")
@@ -201,11 +202,13 @@ def _pod(
             "runAsUser": k.ENGINE_UID,
         },
     }
+    spec_extra = k.pull_secrets_spec(image_pull_secrets)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": k._metadata(name, namespace, labels),
         "spec": {
+            **spec_extra,
             # The gateway, not the kubelet, replaces a failed scheduler or worker: it must
             # see each failure to count it (and fail a cluster whose workers keep dying).
             "restartPolicy": "Never",
@@ -242,6 +245,7 @@ def make_scheduler_pod(
     memory: int,
     ports: Mapping[str, int] = SCHEDULER_PORTS,
     image_pull_policy: str = "IfNotPresent",
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The scheduler pod. Readiness is its gateway API's health route when that port is fixed
     (the gateway itself learns the scheduler is up from its first heartbeat)."""
@@ -259,6 +263,7 @@ def make_scheduler_pod(
         memory=memory,
         image_pull_policy=image_pull_policy,
         cluster=cluster,
+        image_pull_secrets=image_pull_secrets,
     )
     container = pod["spec"]["containers"][0]
     fixed = {name: port for name, port in ports.items() if port}
@@ -287,6 +292,7 @@ def make_worker_pod(
     cores: float,
     memory: int,
     image_pull_policy: str = "IfNotPresent",
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One worker's pod; it dials its scheduler, so it needs no ports or Service."""
     k._check_dns_label(namespace, "namespace")
@@ -307,4 +313,5 @@ def make_worker_pod(
         memory=memory,
         image_pull_policy=image_pull_policy,
         cluster=cluster,
+        image_pull_secrets=image_pull_secrets,
     )

@@ -90,6 +90,7 @@ __all__ = [
     "notebook_ipython_dir",
     "notebook_labels",
     "parse_quantity",
+    "pull_secrets_spec",
     "space_annotations",
     "space_labels",
 ]
@@ -1108,6 +1109,16 @@ def _check_resources(resources: Mapping[str, Mapping[str, str]] | None) -> dict[
     return result
 
 
+def pull_secrets_spec(names: Sequence[str]) -> dict[str, Any]:
+    """A pod spec's ``imagePullSecrets`` (nothing when there are none). The Secrets must be in
+    the pod's namespace: the spawner copies the hub's into each space."""
+    if isinstance(names, str):
+        raise ValueError(f"image_pull_secrets must be a list of Secret names, got {names!r}")
+    for name in names:
+        _check_name(name, "image_pull_secrets")
+    return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}
+
+
 def make_engine_deployment(
     namespace: str,
     *,
@@ -1121,6 +1132,7 @@ def make_engine_deployment(
     labels: Mapping[str, str] | None = None,
     service_account: str = "default",
     image_pull_policy: str = "IfNotPresent",
+    image_pull_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """A Deployment running one engine role (named after its mode, e.g. ``spark-worker``).
 
@@ -1222,6 +1234,7 @@ def make_engine_deployment(
             }
         ]
 
+    pod_spec.update(pull_secrets_spec(image_pull_secrets))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

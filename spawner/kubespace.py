@@ -99,6 +99,7 @@ def make_space_objects(
     network_allow: Mapping[str, bool] | None = None,
     gateway_ports: Sequence[int] = k.GATEWAY_PORTS,
     ipyparallel_key: str = "",
+    image_pull_secrets: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Every object of a space but the namespace and the notebook pod, in creation order.
 
@@ -149,6 +150,7 @@ def make_space_objects(
                     resources=resources,
                     env=engine_env(engine, role, options),
                     image_pull_policy=image_pull_policy,
+                    image_pull_secrets=image_pull_secrets,
                 )
             )
     return objects

@@ -212,6 +212,18 @@ def test_worker_pod_is_named_after_the_worker_and_fits_a_hostname():
     validate(pod)
 
 
+def test_scheduler_and_worker_pods_pull_with_the_spaces_pull_secrets():
+    common = dict(
+        hub_name="hub", image="registry.corp/cluster:1", env={}, cores=1, memory=2**30,
+        image_pull_secrets=["registry-credentials"],
+    )  # fmt: skip
+    scheduler = g.make_scheduler_pod(NS, CLUSTER, args=["dask-gateway-scheduler"], **common)
+    worker = g.make_worker_pod(NS, CLUSTER, WORKER, args=["dask-gateway-worker"], **common)
+    for pod in (scheduler, worker):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        validate(pod)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

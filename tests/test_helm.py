@@ -754,7 +754,30 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     )
     assert backend.hub_api_url == "http://hub:8081/hub/api"
     assert c.KubeSpaceClusterConfig.image == settings["kubernetes"]["cluster_image"]
+    assert c.KubeSpaceClusterConfig.image_pull_secrets == []
     assert c.Proxy.address == ":8000" and c.Proxy.tcp_address == ":8786"
+
+
+def test_the_gateways_pods_pull_with_the_charts_pull_secrets(rendered, tmp_path, monkeypatch):
+    """A private registry: scheduler and worker pods get the pull secrets, as notebooks do."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.settings import PlatformSettings
+
+    settings = _settings(rendered("enterprise"))
+    wanted = [
+        e["name"] if isinstance(e, dict) else e
+        for e in settings["kubernetes"]["image_pull_secrets"]
+    ]
+    assert wanted
+    settings["data_dir"] = str(tmp_path)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    c = Config()
+    configure_gateway(c, PlatformSettings.load(str(path)))
+    assert c.KubeSpaceClusterConfig.image_pull_secrets == wanted
 
 
 def test_hub_pods_carry_the_labels_user_namespaces_select(rendered):

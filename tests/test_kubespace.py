@@ -37,6 +37,20 @@ def test_engines_are_deployments_named_by_mode():
     assert not [o for o in objects_for("dask") if o["kind"] == "Deployment"]
 
 
+def test_engines_pull_with_the_spaces_pull_secrets():
+    objects = objects_for("dask-spark", image_pull_secrets=["registry-credentials"])
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for deployment in deployments:
+        spec = deployment["spec"]["template"]["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "registry-credentials"}]
+        kubernetes_validate.validate(deployment, "1.34.0", strict=True)
+    spec = next(o for o in objects_for("dask-spark") if o["kind"] == "Deployment")
+    assert "imagePullSecrets" not in spec["spec"]["template"]["spec"], "none: none listed"
+    with pytest.raises(ValueError, match="image_pull_secrets"):
+        objects_for("dask-spark", image_pull_secrets=["Not A Name"])
+
+
 def test_spark_daemons_are_sized_to_their_pods():
     workers = next(o for o in objects_for("dask-spark") if o["metadata"]["name"] == "spark-worker")
     env = {
