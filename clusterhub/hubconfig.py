@@ -10,7 +10,8 @@ namespace. The ``kubernetes`` settings (written by the chart from its values):
 ``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
 ``network_policy``, ``delete_namespace_on_stop``, ``keep_home_pvc``, ``home_storage``
 (``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
-``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``.
+``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
+``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway).
 """
 
 from __future__ import annotations

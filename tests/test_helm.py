@@ -84,6 +84,8 @@ KUBERNETES_KEYS = {
     "hub_connect_url",
     "gateway_url",
     "gateway_proxy_address",
+    "cluster_start_timeout",
+    "worker_start_timeout",
 }
 CASES = ["default", "workshop-150", "enterprise", "engines"]
 
@@ -755,6 +757,8 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     assert backend.hub_api_url == "http://hub:8081/hub/api"
     assert c.KubeSpaceClusterConfig.image == settings["kubernetes"]["cluster_image"]
     assert c.KubeSpaceClusterConfig.image_pull_secrets == []
+    # Minutes, not dask-gateway's 60 s: a new node first pulls the cluster image.
+    assert c.ClusterConfig.cluster_start_timeout == c.ClusterConfig.worker_start_timeout == 600
     assert c.Proxy.address == ":8000" and c.Proxy.tcp_address == ":8786"
 
 
@@ -996,6 +1000,14 @@ BAD_VALUES = {
     "admin-password-short": ({"hub": {"adminPassword": "secret"}}, "hub.adminPassword"),
     "unknown-key": ({"hub": {"workshopcode": "typo-typo"}}, "'workshopcode' not allowed"),
     "encrypt-key-not-fernet": ({"gateway": {"encryptKey": "not-a-key"}}, "/gateway/encryptKey"),
+    "cluster-start-timeout-short": (
+        {"gateway": {"clusterStartTimeout": 10}},
+        "/gateway/clusterStartTimeout",
+    ),
+    "worker-start-timeout-not-a-number": (
+        {"gateway": {"workerStartTimeout": "soon"}},
+        "/gateway/workerStartTimeout",
+    ),
     "gateway-volume-size": (
         {"gateway": {"persistence": {"size": "lots"}}},
         "/gateway/persistence/size",
