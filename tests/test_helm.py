@@ -183,6 +183,18 @@ def _settings(objects) -> dict[str, Any]:
     return json.loads(base64.b64decode(secret["data"]["settings.json"]))
 
 
+def _gateway_settings(objects) -> dict[str, Any]:
+    """What the gateway pod mounts as its settings.json."""
+    gateway = _by_component(objects, "Deployment", ko.GATEWAY_COMPONENT)
+    (volume,) = [
+        v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "settings"
+    ]
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == "settings.json"
+    secret = _one(objects, "Secret")
+    return json.loads(base64.b64decode(secret["data"][item["key"]]))
+
+
 def _secret_keys(objects) -> dict[str, str]:
     secret = _one(objects, "Secret")
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -736,7 +748,14 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     from clusterhub.gateway.config import configure_gateway
     from clusterhub.settings import PlatformSettings
 
-    settings = _settings(rendered("default"))
+    settings = _gateway_settings(rendered("default"))
+    # The hub's login secrets are not the gateway's: a compromised gateway cannot hand them out.
+    assert settings["workshop_code"] == settings["admin_password"] == ""
+    assert CODE not in json.dumps(settings)
+    hub_settings = _settings(rendered("default"))
+    assert {
+        k: v for k, v in hub_settings.items() if k not in ("workshop_code", "admin_password")
+    } == {k: v for k, v in settings.items() if k not in ("workshop_code", "admin_password")}
     settings["data_dir"] = str(tmp_path)
     path = tmp_path / "settings.json"
     path.write_text(json.dumps(settings))
@@ -769,7 +788,7 @@ def test_the_gateways_pods_pull_with_the_charts_pull_secrets(rendered, tmp_path,
     from clusterhub.gateway.config import configure_gateway
     from clusterhub.settings import PlatformSettings
 
-    settings = _settings(rendered("enterprise"))
+    settings = _gateway_settings(rendered("enterprise"))
     wanted = [
         e["name"] if isinstance(e, dict) else e
         for e in settings["kubernetes"]["image_pull_secrets"]
