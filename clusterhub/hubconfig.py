@@ -8,7 +8,8 @@ namespace. The ``kubernetes`` settings (written by the chart from its values):
 
 ``hub_namespace``, ``hub_name``, ``namespace_prefix``, ``notebook_image``,
 ``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
-``network_policy``, ``delete_namespace_on_stop``, ``keep_home_pvc``, ``home_storage``
+``network_policy``, ``kube_api_cidrs``, ``delete_namespace_on_stop``, ``keep_home_pvc``,
+``home_storage``
 (``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
 ``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
 ``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway).
@@ -166,6 +167,7 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     if kube.get("profiles"):
         spawner.profiles = kube["profiles"]
     spawner.network_allow = dict(kube.get("network_policy", {}))
+    spawner.kube_api_cidrs = list(kube.get("kube_api_cidrs") or [])
     spawner.delete_namespace_on_stop = kube.get("delete_namespace_on_stop", True)
     spawner.keep_home_pvc = kube.get("keep_home_pvc", True)
     storage = kube.get("home_storage") or {}

@@ -25,7 +25,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from tornado import web
-from traitlets import Bool, Dict, Float, Unicode, default
+from traitlets import Bool, Dict, Float, List, Unicode, default
 
 import clusterhub
 
@@ -101,6 +101,14 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
         config=True,
         help="""Which allowances the space's NetworkPolicies make, on top of what every
         space needs. Keys: see ``clusterhub.spawner.kubeobjects.DEFAULT_NETWORK_ALLOW``.""",
+    )
+
+    kube_api_cidrs = List(
+        Unicode(),
+        config=True,
+        help="""The Kubernetes API server's addresses (CIDRs, e.g. ``10.0.0.1/32``): the only
+        places the notebook's egress to ports 443/6443 may go. Empty: any address, since
+        the API server is not a pod and no selector can name it.""",
     )
 
     delete_namespace_on_stop = Bool(
@@ -313,6 +321,7 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             # KubeSpawner leaves it unset (the cluster decides); a Deployment needs a value.
             image_pull_policy=self.image_pull_policy or "IfNotPresent",
             network_allow=self.network_allow or None,
+            kube_api_cidrs=self.kube_api_cidrs,
             gateway_ports=self.gateway_ports(),
             ipyparallel_key=secrets.token_hex(32),
             # The engines pull the cluster image as the notebook pulls its own.

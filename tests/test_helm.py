@@ -86,6 +86,7 @@ KUBERNETES_KEYS = {
     "gateway_proxy_address",
     "cluster_start_timeout",
     "worker_start_timeout",
+    "kube_api_cidrs",
 }
 CASES = ["default", "workshop-150", "enterprise", "engines"]
 
@@ -334,6 +335,7 @@ def test_settings_secret_is_the_contract(rendered, case, tmp_path):
     assert k8s["gateway_proxy_address"] == f"gateway://dask-gateway.{NAMESPACE}.svc:8786"
     assert set(k8s["network_policy"]) == set(ko.DEFAULT_NETWORK_ALLOW)
     assert all(isinstance(v, bool) for v in k8s["network_policy"].values())
+    assert k8s["kube_api_cidrs"] == []
     assert set(k8s["home_storage"]) == {"size", "storage_class"}
     # profiles arrive normalised: validate_profiles() leaves them unchanged
     assert validate_profiles(k8s["profiles"]) == k8s["profiles"]
@@ -960,7 +962,8 @@ def test_values_defaults_match_python():
         "notebookToEngines": "notebook_to_engines",
         "kubeApi": "kube_api",
     }
-    network = values["singleuser"]["networkPolicy"]
+    network = dict(values["singleuser"]["networkPolicy"])
+    assert network.pop("kubeApiCIDRs") == []  # the API server's addresses, not an allowance
     assert {names[k]: v for k, v in network.items()} == ko.DEFAULT_NETWORK_ALLOW
 
 
@@ -1019,6 +1022,10 @@ BAD_VALUES = {
     "admin-password-short": ({"hub": {"adminPassword": "secret"}}, "hub.adminPassword"),
     "unknown-key": ({"hub": {"workshopcode": "typo-typo"}}, "'workshopcode' not allowed"),
     "encrypt-key-not-fernet": ({"gateway": {"encryptKey": "not-a-key"}}, "/gateway/encryptKey"),
+    "kube-api-cidr-not-a-cidr": (
+        {"singleuser": {"networkPolicy": {"kubeApiCIDRs": ["the api server"]}}},
+        "/singleuser/networkPolicy/kubeApiCIDRs/0",
+    ),
     "cluster-start-timeout-short": (
         {"gateway": {"clusterStartTimeout": 10}},
         "/gateway/clusterStartTimeout",
@@ -1136,3 +1143,25 @@ def test_bad_values_are_refused(helm, values_dir, name):
     result = _template(helm, "--values", str(path))
     assert result.returncode != 0, f"{name}: rendered without error"
     assert field in result.stderr, result.stderr
+
+
+def test_the_api_servers_cidrs_reach_the_spawner(helm, values_dir, tmp_path):
+    """kubeApiCIDRs -> settings -> the hub's config -> KubeSpaceSpawner.kube_api_cidrs."""
+    from traitlets.config import Config
+
+    from clusterhub.hubconfig import configure_hub
+    from clusterhub.settings import PlatformSettings
+
+    values = {
+        "hub": {"workshopCode": CODE},
+        "singleuser": {"networkPolicy": {"kubeApiCIDRs": ["10.0.0.1/32", "fd00::1/128"]}},
+    }
+    result = _template(helm, "--values", str(_values_file(values_dir, "api-cidrs", values)))
+    assert result.returncode == 0, result.stderr
+    settings = _settings([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+    settings["data_dir"] = str(tmp_path)
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    c = Config()
+    configure_hub(c, PlatformSettings.load(str(path)))
+    assert c.KubeSpaceSpawner.kube_api_cidrs == ["10.0.0.1/32", "fd00::1/128"]

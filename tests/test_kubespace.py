@@ -51,6 +51,22 @@ def test_engines_pull_with_the_spaces_pull_secrets():
         objects_for("dask-spark", image_pull_secrets=["Not A Name"])
 
 
+def test_the_notebooks_api_egress_goes_only_to_the_api_servers_cidrs():
+    def api_rules(objects):
+        policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+        return [
+            rule
+            for policy in policies
+            for rule in policy["spec"].get("egress", [])
+            if {p["port"] for p in rule.get("ports", [])} == {443, 6443}
+        ]
+
+    (anywhere,) = api_rules(objects_for("dask"))
+    assert "to" not in anywhere
+    (pinned,) = api_rules(objects_for("dask", kube_api_cidrs=["10.0.0.1/32"]))
+    assert pinned["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+
+
 def test_spark_daemons_are_sized_to_their_pods():
     workers = next(o for o in objects_for("dask-spark") if o["metadata"]["name"] == "spark-worker")
     env = {
