@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 
 import pytest
 from hubclient import BrowserUser, running_platform
@@ -85,13 +86,17 @@ def user(platform):
 
 
 @pytest.fixture
-def page(platform, tmp_path):
+def page(platform, tmp_path, request):
     from playwright.sync_api import sync_playwright
 
     assert os.path.exists(CHROMIUM), "needs chromium: apt-get install -y chromium"
     home = tmp_path / "browser-home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
+    # Chromium's singleton socket lives in TMPDIR, and a socket path has at most 107 bytes:
+    # pytest's own (per-worker) directories are too deep.
+    short_tmp = tempfile.mkdtemp(prefix="chr-")
+    request.addfinalizer(lambda: shutil.rmtree(short_tmp, ignore_errors=True))
+    env = {**os.environ, "HOME": str(home), "TMPDIR": short_tmp}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True, env=env

@@ -363,7 +363,12 @@ setsid sleep 600 < /dev/null > /dev/null 2>&1 &
     assert "wheels" in (home / "own").read_text(), "its own repository it reads"
 
     # Taken back: nothing of the build account runs, nothing it made is writable by others.
-    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"].real == builder.pw_uid]
+    running = [
+        p
+        for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"].real == builder.pw_uid and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+    assert not running, running
     for dirpath, dirnames, filenames in os.walk(Path(environment.prefix).parent):
         for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
             info = os.lstat(name)

@@ -512,6 +512,9 @@ def start_spark_worker(space, engine, hostname: str, address: str, instance: int
         SPARK_LOCAL_IP=address,
         SPARK_DAEMON_MEMORY="256m",
         PYSPARK_PYTHON=sys.executable,
+        # As the engine's own daemons: no /tmp/hsperfdata_<user> left behind.
+        SPARK_DAEMON_JAVA_OPTS=engine._java_options,
+        SPARK_LAUNCHER_OPTS=engine._java_options,
     )
     daemon = os.path.join(spark_home(), "sbin", "spark-daemon.sh")
     command = ["bash", daemon, "start", WORKER_CLASS, str(instance)]

@@ -78,7 +78,13 @@ def scheduler_address(scheduler_file, proc: subprocess.Popen, timeout: float = 6
 def test_a_scheduler_and_a_worker_started_through_the_entrypoint_run_a_task(tmp_path):
     from distributed import Client
 
-    env = {**os.environ, "CLUSTERHUB_BIND_HOST": "127.0.0.1", "HOME": str(tmp_path)}
+    # TMPDIR as a container's own /tmp: the worker's scratch space stays in the test's dir.
+    env = {
+        **os.environ,
+        "CLUSTERHUB_BIND_HOST": "127.0.0.1",
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+    }
     entry = [sys.executable, "-m", "clusterhub.engines.entrypoint"]
     # Port 0: the scheduler takes a free port and reports it, so no other process can take
     # the port between our choosing it and the scheduler binding it.

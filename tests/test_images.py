@@ -31,6 +31,7 @@ from dockertools import (
     TAG,
     DockerDaemon,
     build_images,
+    cache_dir,
     debootstrap_tarball,
     docker_daemon,
     extra_ca_dir,
@@ -436,7 +437,8 @@ def test_the_daemon_leaves_nothing_behind_when_stopped(tmp_path: Path):
     reason = missing_requirements()
     if reason:
         pytest.skip(reason)
-    daemon = DockerDaemon(tmp_path / "d")
+    # A short root, as docker_daemon() uses: containerd's sockets live under it (104 bytes).
+    daemon = DockerDaemon(cache_dir() / f"docker-t{os.getpid()}")
     try:
         daemon.start()
         with open(debootstrap_tarball(tmp_path / "debootstrap.log"), "rb") as f:
