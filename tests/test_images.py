@@ -227,6 +227,8 @@ def test_a_spark_master_and_worker_container_run_a_job(containers: Containers, t
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
     env.update(HOME=str(tmp_path), TMPDIR=str(tmp_path), PYSPARK_PYTHON="python3")
     env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    # Every JVM here (spark-submit's launcher, the driver): no /tmp/hsperfdata_<user> left.
+    env["JAVA_TOOL_OPTIONS"] = f"-Djava.io.tmpdir={tmp_path} -XX:-UsePerfData"
     with containers.explain():
         wait_for(workers_alive, 180, "the Spark worker to register")
         driver = subprocess.run(
