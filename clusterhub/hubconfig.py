@@ -8,7 +8,8 @@ namespace. The ``kubernetes`` settings (written by the chart from its values):
 
 ``hub_namespace``, ``hub_name``, ``namespace_prefix``, ``notebook_image``,
 ``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
-``network_policy``, ``kube_api_cidrs``, ``delete_namespace_on_stop``, ``keep_home_pvc``,
+``network_policy``, ``kube_api_cidrs``, ``user_node_selector``, ``user_tolerations``,
+``delete_namespace_on_stop``, ``keep_home_pvc``,
 ``home_storage``
 (``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
 ``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
@@ -168,6 +169,10 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
         spawner.profiles = kube["profiles"]
     spawner.network_allow = dict(kube.get("network_policy", {}))
     spawner.kube_api_cidrs = list(kube.get("kube_api_cidrs") or [])
+    # Every user pod on the users' nodes: the notebook (KubeSpawner's own traits) and, through
+    # the spawner, the engines.
+    spawner.node_selector = dict(kube.get("user_node_selector") or {})
+    spawner.tolerations = list(kube.get("user_tolerations") or [])
     spawner.delete_namespace_on_stop = kube.get("delete_namespace_on_stop", True)
     spawner.keep_home_pvc = kube.get("keep_home_pvc", True)
     storage = kube.get("home_storage") or {}

@@ -104,6 +104,8 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     c.ClusterConfig.worker_start_timeout = float(kube.get("worker_start_timeout", 600))
     c.KubeSpaceClusterConfig.image = kube["cluster_image"]
     c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
+    c.KubeSpaceClusterConfig.node_selector = dict(kube.get("user_node_selector") or {})
+    c.KubeSpaceClusterConfig.tolerations = list(kube.get("user_tolerations") or [])
     c.KubeSpaceClusterConfig.image_pull_secrets = [
         e["name"] if isinstance(e, dict) else e for e in kube.get("image_pull_secrets") or []
     ]

@@ -36,7 +36,7 @@ from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.options import Options
 from dask_gateway_server.traitlets import Type
 from kubernetes_asyncio.client.rest import ApiException
-from traitlets import Float, Integer, List, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, Unicode, default, validate
 
 from clusterhub import profiles as profile_rules
 from clusterhub.spawner import kubeobjects as k
@@ -59,6 +59,19 @@ class KubeSpaceClusterConfig(ClusterConfig):
         "IfNotPresent",
         config=True,
         help="imagePullPolicy of scheduler and worker pods: Always, IfNotPresent or Never.",
+    )
+
+    node_selector = Dict(
+        config=True,
+        help="The nodeSelector of scheduler and worker pods: user pods' nodes (the chart's "
+        "singleuser.nodeSelector).",
+    )
+
+    tolerations = List(
+        Dict(),
+        config=True,
+        help="The tolerations of scheduler and worker pods (the chart's singleuser.tolerations), "
+        "e.g. for a tainted pool of user nodes.",
     )
 
     image_pull_secrets = List(
@@ -365,6 +378,8 @@ class KubeSpaceBackend(DBBackendBase):
             image=config.image,
             image_pull_policy=config.image_pull_policy,
             image_pull_secrets=config.image_pull_secrets,
+            node_selector=config.node_selector,
+            tolerations=config.tolerations,
             args=self.get_scheduler_command(cluster),
             env=self.get_scheduler_env(cluster),
             cores=config.scheduler_cores,
@@ -424,6 +439,8 @@ class KubeSpaceBackend(DBBackendBase):
             image=config.image,
             image_pull_policy=config.image_pull_policy,
             image_pull_secrets=config.image_pull_secrets,
+            node_selector=config.node_selector,
+            tolerations=config.tolerations,
             args=self.get_worker_command(cluster, worker.name),
             env=self.get_worker_env(cluster),
             cores=config.worker_cores,

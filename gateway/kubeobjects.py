@@ -168,6 +168,8 @@ def _pod(
     image_pull_policy: str,
     cluster: str,
     image_pull_secrets: Sequence[str] = (),
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     if not isinstance(image, str) or not image or any(c.isspace() for c in image):
         raise ValueError(f"image must be a non-empty image reference, got {image!r}")
@@ -202,7 +204,10 @@ def _pod(
             "runAsUser": k.ENGINE_UID,
         },
     }
-    spec_extra = k.pull_secrets_spec(image_pull_secrets)
+    spec_extra = {
+        **k.pull_secrets_spec(image_pull_secrets),
+        **k.placement_spec(node_selector, tolerations),
+    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -246,6 +251,8 @@ def make_scheduler_pod(
     ports: Mapping[str, int] = SCHEDULER_PORTS,
     image_pull_policy: str = "IfNotPresent",
     image_pull_secrets: Sequence[str] = (),
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The scheduler pod. Readiness is its gateway API's health route when that port is fixed
     (the gateway itself learns the scheduler is up from its first heartbeat)."""
@@ -264,6 +271,8 @@ def make_scheduler_pod(
         image_pull_policy=image_pull_policy,
         cluster=cluster,
         image_pull_secrets=image_pull_secrets,
+        node_selector=node_selector,
+        tolerations=tolerations,
     )
     container = pod["spec"]["containers"][0]
     fixed = {name: port for name, port in ports.items() if port}
@@ -293,6 +302,8 @@ def make_worker_pod(
     memory: int,
     image_pull_policy: str = "IfNotPresent",
     image_pull_secrets: Sequence[str] = (),
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """One worker's pod; it dials its scheduler, so it needs no ports or Service."""
     k._check_dns_label(namespace, "namespace")
@@ -314,4 +325,6 @@ def make_worker_pod(
         image_pull_policy=image_pull_policy,
         cluster=cluster,
         image_pull_secrets=image_pull_secrets,
+        node_selector=node_selector,
+        tolerations=tolerations,
     )

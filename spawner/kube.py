@@ -322,6 +322,9 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             image_pull_policy=self.image_pull_policy or "IfNotPresent",
             network_allow=self.network_allow or None,
             kube_api_cidrs=self.kube_api_cidrs,
+            # The engines go where the notebook goes (KubeSpawner's node_selector/tolerations).
+            node_selector=dict(self.node_selector or {}),
+            tolerations=list(self.tolerations or []),
             gateway_ports=self.gateway_ports(),
             ipyparallel_key=secrets.token_hex(32),
             # The engines pull the cluster image as the notebook pulls its own.

@@ -90,6 +90,7 @@ __all__ = [
     "notebook_ipython_dir",
     "notebook_labels",
     "parse_quantity",
+    "placement_spec",
     "pull_secrets_spec",
     "space_annotations",
     "space_labels",
@@ -1119,6 +1120,23 @@ def pull_secrets_spec(names: Sequence[str]) -> dict[str, Any]:
     return {"imagePullSecrets": [{"name": name} for name in names]} if names else {}
 
 
+def placement_spec(
+    node_selector: Mapping[str, str] | None, tolerations: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A pod spec's ``nodeSelector`` and ``tolerations`` (only those given): where user pods
+    go, e.g. a tainted pool of user nodes."""
+    spec: dict[str, Any] = {}
+    if node_selector:
+        spec["nodeSelector"] = dict(_check_labels(node_selector, "node_selector"))
+    if isinstance(tolerations, (str, Mapping)) or not all(
+        isinstance(t, Mapping) for t in tolerations
+    ):
+        raise ValueError(f"tolerations must be a list of tolerations, got {tolerations!r}")
+    if tolerations:
+        spec["tolerations"] = [dict(t) for t in tolerations]
+    return spec
+
+
 def make_engine_deployment(
     namespace: str,
     *,
@@ -1133,6 +1151,8 @@ def make_engine_deployment(
     service_account: str = "default",
     image_pull_policy: str = "IfNotPresent",
     image_pull_secrets: Sequence[str] = (),
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """A Deployment running one engine role (named after its mode, e.g. ``spark-worker``).
 
@@ -1235,6 +1255,7 @@ def make_engine_deployment(
         ]
 
     pod_spec.update(pull_secrets_spec(image_pull_secrets))
+    pod_spec.update(placement_spec(node_selector, tolerations))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -101,6 +101,8 @@ def make_space_objects(
     gateway_ports: Sequence[int] = k.GATEWAY_PORTS,
     ipyparallel_key: str = "",
     image_pull_secrets: Sequence[str] = (),
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Every object of a space but the namespace and the notebook pod, in creation order.
 
@@ -153,6 +155,8 @@ def make_space_objects(
                     env=engine_env(engine, role, options),
                     image_pull_policy=image_pull_policy,
                     image_pull_secrets=image_pull_secrets,
+                    node_selector=node_selector,
+                    tolerations=tolerations,
                 )
             )
     return objects

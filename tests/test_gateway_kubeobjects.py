@@ -224,6 +224,26 @@ def test_scheduler_and_worker_pods_pull_with_the_spaces_pull_secrets():
         validate(pod)
 
 
+def test_scheduler_and_worker_pods_go_to_the_users_nodes():
+    users = [{"key": "clusterhub.io/users", "operator": "Exists", "effect": "NoSchedule"}]
+    common = dict(
+        hub_name="hub", image="cluster:1", env={}, cores=1, memory=2**30,
+        node_selector={"node-pool": "users"}, tolerations=users,
+    )  # fmt: skip
+    scheduler = g.make_scheduler_pod(NS, CLUSTER, args=["dask-gateway-scheduler"], **common)
+    worker = g.make_worker_pod(NS, CLUSTER, WORKER, args=["dask-gateway-worker"], **common)
+    for pod in (scheduler, worker):
+        assert pod["spec"]["nodeSelector"] == {"node-pool": "users"}
+        assert pod["spec"]["tolerations"] == users
+        validate(pod)
+    bare = g.make_worker_pod(NS, CLUSTER, WORKER, args=[], hub_name="h", image="c:1", env={},
+                             cores=1, memory=2**30)  # fmt: skip
+    assert "nodeSelector" not in bare["spec"] and "tolerations" not in bare["spec"]
+    with pytest.raises(ValueError, match="tolerations"):
+        g.make_worker_pod(NS, CLUSTER, WORKER, args=[], hub_name="h", image="c:1", env={},
+                          cores=1, memory=2**30, tolerations="NoSchedule")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

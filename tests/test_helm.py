@@ -87,6 +87,8 @@ KUBERNETES_KEYS = {
     "cluster_start_timeout",
     "worker_start_timeout",
     "kube_api_cidrs",
+    "user_node_selector",
+    "user_tolerations",
 }
 CASES = ["default", "workshop-150", "enterprise", "engines"]
 
@@ -920,6 +922,11 @@ def test_workshop_placeholders_and_pre_puller(rendered):
     init = puller["spec"]["template"]["spec"]["initContainers"]
     settings = _settings(objects)["kubernetes"]
     assert [c["image"] for c in init] == [settings["notebook_image"], settings["cluster_image"]]
+    # Placeholders and pre-puller land where user pods land: the tainted users' pool.
+    users = [{"key": "clusterhub.io/users", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == users
+    assert puller["spec"]["template"]["spec"]["nodeSelector"] == {"node-pool": "users"}
+    assert puller["spec"]["template"]["spec"]["tolerations"] == users
     # defaults: placeholders off, pre-puller on
     default = rendered("default")
     assert not [o for o in default if o["kind"] == "PriorityClass"]
@@ -1165,3 +1172,50 @@ def test_the_api_servers_cidrs_reach_the_spawner(helm, values_dir, tmp_path):
     c = Config()
     configure_hub(c, PlatformSettings.load(str(path)))
     assert c.KubeSpaceSpawner.kube_api_cidrs == ["10.0.0.1/32", "fd00::1/128"]
+
+
+def test_every_user_pod_goes_to_the_users_nodes(rendered, tmp_path, monkeypatch):
+    """workshop-150 taints its users' pool: notebooks, engines and Dask pods must all
+    tolerate it and select it, or none of them can ever be placed."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.hubconfig import configure_hub
+    from clusterhub.profiles import validate_options, validate_profiles
+    from clusterhub.settings import PlatformSettings
+    from clusterhub.spawner.kubespace import make_space_objects
+
+    objects = rendered("workshop-150")
+    users = [{"key": "clusterhub.io/users", "operator": "Exists", "effect": "NoSchedule"}]
+    loaded = []
+    for name, settings in (("hub", _settings(objects)), ("gateway", _gateway_settings(objects))):
+        settings["data_dir"] = str(tmp_path)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(settings))
+        loaded.append(PlatformSettings.load(str(path)))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    hub, gateway = Config(), Config()
+    configure_hub(hub, loaded[0])
+    configure_gateway(gateway, loaded[1])
+    # the notebook pod (KubeSpawner's own traits)
+    assert hub.KubeSpaceSpawner.node_selector == {"node-pool": "users"}
+    assert hub.KubeSpaceSpawner.tolerations == users
+    # the gateway's scheduler and worker pods
+    assert gateway.KubeSpaceClusterConfig.node_selector == {"node-pool": "users"}
+    assert gateway.KubeSpaceClusterConfig.tolerations == users
+    # the engines, as the spawner makes them
+    profiles = validate_profiles(
+        [dict(p, engines=["spark", "ipyparallel"]) for p in loaded[0].kubernetes["profiles"]]
+    )
+    options = validate_options(profiles, {"profile": profiles[0]["slug"]})
+    space = make_space_objects(
+        "ws-ada", hub_namespace=NAMESPACE, profile=profiles[0], options=options,
+        cluster_image="c:1", ipyparallel_key="ab" * 32,
+        node_selector=hub.KubeSpaceSpawner.node_selector,
+        tolerations=hub.KubeSpaceSpawner.tolerations,
+    )  # fmt: skip
+    deployments = [o for o in space if o["kind"] == "Deployment"]
+    assert len(deployments) == 4
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"node-pool": "users"} and pod["tolerations"] == users
