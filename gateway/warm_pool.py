@@ -42,6 +42,8 @@ FINGERPRINT_VARIABLES = (
 BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
 
 Fingerprint = tuple[str, tuple[str, ...]]
+# Where warm interpreters keep temporary files, under the pool's directory.
+WARM_TMP = "warm-tmp"
 # Refills wait until less than this share of the machine's CPU was busy over a delay.
 QUIET_CPU_FRACTION = 0.5
 
@@ -199,6 +201,13 @@ class WarmInterpreterPool:
         python, values = target
         env = {name: os.environ[name] for name in BASE_VARIABLES if name in os.environ}
         env.update({k: v for k, v in zip(FINGERPRINT_VARIABLES, values, strict=True) if v})
+        # Its fork server's socket directory is made before any assignment: in the
+        # platform's own directory, not /tmp, where a killed interpreter would leave it. It
+        # must stay passable (0711): the directory is handed to the user whose nanny uses it.
+        tmpdir = os.path.join(self.workdir, WARM_TMP)
+        os.makedirs(tmpdir, exist_ok=True)
+        os.chmod(tmpdir, 0o711)
+        env["TMPDIR"] = tmpdir
         return await asyncio.create_subprocess_exec(
             python,
             "-m",
