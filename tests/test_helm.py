@@ -198,6 +198,22 @@ def _gateway_settings(objects) -> dict[str, Any]:
     return json.loads(base64.b64decode(secret["data"][item["key"]]))
 
 
+def _gateway_config(settings: dict[str, Any], tmp_path: Path, monkeypatch) -> Any:
+    """The traitlets config the gateway pod's config module makes from ``settings``."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.settings import PlatformSettings
+
+    settings = {**settings, "data_dir": str(tmp_path)}
+    path = tmp_path / "gateway-settings.json"
+    path.write_text(json.dumps(settings))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    c = Config()
+    configure_gateway(c, PlatformSettings.load(str(path)))
+    return c
+
+
 def _secret_keys(objects) -> dict[str, str]:
     secret = _one(objects, "Secret")
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
@@ -747,10 +763,6 @@ def test_gateway_pod_rbac_and_service(rendered):
 def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_path, monkeypatch):
     """The config module the gateway pod loads, fed the chart's settings: clusters go into
     user namespaces named as the spawner names them, bounded by the chart's profiles."""
-    from traitlets.config import Config
-
-    from clusterhub.gateway.config import configure_gateway
-    from clusterhub.settings import PlatformSettings
 
     settings = _gateway_settings(rendered("default"))
     # The hub's login secrets are not the gateway's: a compromised gateway cannot hand them out.
@@ -760,12 +772,7 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     assert {
         k: v for k, v in hub_settings.items() if k not in ("workshop_code", "admin_password")
     } == {k: v for k, v in settings.items() if k not in ("workshop_code", "admin_password")}
-    settings["data_dir"] = str(tmp_path)
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps(settings))
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
-    c = Config()
-    configure_gateway(c, PlatformSettings.load(str(path)))
+    c = _gateway_config(settings, tmp_path, monkeypatch)
     assert c.DaskGateway.backend_class == "clusterhub.gateway.kube.KubeSpaceBackend"
     assert c.DaskGateway.authenticator_class == "clusterhub.gateway.auth.HubAuthenticator"
     backend = c.KubeSpaceBackend
@@ -787,23 +794,13 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
 
 def test_the_gateways_pods_pull_with_the_charts_pull_secrets(rendered, tmp_path, monkeypatch):
     """A private registry: scheduler and worker pods get the pull secrets, as notebooks do."""
-    from traitlets.config import Config
-
-    from clusterhub.gateway.config import configure_gateway
-    from clusterhub.settings import PlatformSettings
-
     settings = _gateway_settings(rendered("enterprise"))
     wanted = [
         e["name"] if isinstance(e, dict) else e
         for e in settings["kubernetes"]["image_pull_secrets"]
     ]
     assert wanted
-    settings["data_dir"] = str(tmp_path)
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps(settings))
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
-    c = Config()
-    configure_gateway(c, PlatformSettings.load(str(path)))
+    c = _gateway_config(settings, tmp_path, monkeypatch)
     assert c.KubeSpaceClusterConfig.image_pull_secrets == wanted
 
 
