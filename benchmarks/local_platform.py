@@ -211,7 +211,7 @@ def bench_accounts(users: int, repeat: int) -> None:
             options = {"profile": "dask"}
             times = [admin_spawn_and_wait(running, f"u{i}", options) for i in range(users)]
             spawn[label] = statistics.median(times)
-            cluster[label] = statistics.median(_time_our_clusters(running, "u0", repeat))
+            cluster[label] = statistics.median(_time_our_clusters(running, "bench", repeat))
         print(f"spawn-to-ready {label:15s}: median {spawn[label]:.2f} s over {users} users")
         print(f"cluster ready  {label:15s}: median {cluster[label]:.2f} s over {repeat} clusters")
     print(f"spawn-to-ready ratio per-user/single-account: "
