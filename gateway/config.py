@@ -24,6 +24,9 @@ def dask_command(subcommand: str) -> list[str]:
     return [dask or "dask", subcommand]
 
 
+ENCRYPT_KEY_ENV = "CLUSTERHUB_GATEWAY_ENCRYPT_KEY"
+
+
 def configure_gateway(c, settings: PlatformSettings) -> None:
     """Fill traitlets config ``c`` for dask-gateway-server from the platform settings."""
     c.Proxy.prefix = GATEWAY_PREFIX
@@ -82,7 +85,8 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     backend = c.KubeSpaceBackend
     os.makedirs(settings.path("gateway"), exist_ok=True)
     backend.db_url = "sqlite:///" + settings.path("gateway", "gateway.sqlite")
-    backend.db_encrypt_keys = [settings.gateway_encrypt_key]
+    # A key from a Secret the operator manages (gateway.existingSecret) wins over the chart's.
+    backend.db_encrypt_keys = [os.environ.get(ENCRYPT_KEY_ENV) or settings.gateway_encrypt_key]
     # Clusters outlive a gateway restart (an upgrade, a rescheduled pod): the database on
     # the gateway's volume resumes them. They end with their owner's space instead.
     backend.stop_clusters_on_shutdown = False

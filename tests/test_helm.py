@@ -1030,6 +1030,14 @@ BAD_VALUES = {
         {"singleuser": {"networkPolicy": {"kubeApiCIDRs": ["the api server"]}}},
         "/singleuser/networkPolicy/kubeApiCIDRs/0",
     ),
+    "encrypt-key-twice": (
+        {"gateway": {"encryptKey": "A" * 43 + "=", "existingSecret": "gateway-key"}},
+        "gateway.encryptKey and gateway.existingSecret",
+    ),
+    "existing-secret-not-a-name": (
+        {"gateway": {"existingSecret": "Not A Name"}},
+        "/gateway/existingSecret",
+    ),
     "cluster-start-timeout-short": (
         {"gateway": {"clusterStartTimeout": 10}},
         "/gateway/clusterStartTimeout",
@@ -1216,3 +1224,34 @@ def test_every_user_pod_goes_to_the_users_nodes(rendered, tmp_path, monkeypatch)
     for deployment in deployments:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"node-pool": "users"} and pod["tolerations"] == users
+
+
+def test_the_gateway_key_can_come_from_a_secret_the_operator_manages(
+    helm, values_dir, tmp_path, monkeypatch
+):
+    """Rendered without the cluster (helm template, Argo CD), a generated key would change at
+    every render: with gateway.existingSecret the chart generates none and the gateway reads
+    the operator's."""
+    values = {"hub": {"workshopCode": CODE}, "gateway": {"existingSecret": "gateway-key"}}
+    result = _template(helm, "--values", str(_values_file(values_dir, "gateway-key", values)))
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    settings = _gateway_settings(objects)
+    assert settings["gateway_encrypt_key"] == ""
+    env = _container(_by_component(objects, "Deployment", ko.GATEWAY_COMPONENT), "gateway")["env"]
+    (key,) = [e for e in env if e["name"] == "CLUSTERHUB_GATEWAY_ENCRYPT_KEY"]
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "gateway-key", "key": "encrypt-key"}
+    monkeypatch.setenv("CLUSTERHUB_GATEWAY_ENCRYPT_KEY", "B" * 43 + "=")
+    c = _gateway_config(settings, tmp_path, monkeypatch)
+    assert c.KubeSpaceBackend.db_encrypt_keys == ["B" * 43 + "="]
+    # Without it, the rendered key is the gateway's and no variable is set.
+    default = rendered_default = [
+        d
+        for d in yaml.safe_load_all(
+            _template(helm, "--set-string", f"hub.workshopCode={CODE}").stdout
+        )
+        if d
+    ]
+    gateway = _container(_by_component(default, "Deployment", ko.GATEWAY_COMPONENT), "gateway")
+    assert "CLUSTERHUB_GATEWAY_ENCRYPT_KEY" not in {e["name"] for e in gateway["env"]}
+    assert _gateway_settings(rendered_default)["gateway_encrypt_key"]

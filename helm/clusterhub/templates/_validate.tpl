@@ -24,6 +24,11 @@ Included once, from hub-secret.yaml (always rendered).
 {{- fail "hub.adminPassword must differ from hub.workshopCode" -}}
 {{- end -}}
 
+{{- /* gateway: one source for the database key */ -}}
+{{- if and $v.gateway.encryptKey $v.gateway.existingSecret -}}
+{{- fail "gateway.encryptKey and gateway.existingSecret: set one of them, not both (the key or the Secret that holds it under encrypt-key)" -}}
+{{- end -}}
+
 {{- /* hub: database */ -}}
 {{- $db := $v.hub.db -}}
 {{- if eq $db.type "sqlite-pvc" -}}
