@@ -51,6 +51,14 @@ def handle(request: dict) -> dict:
             tuple(request.get("exclude", ())),
         )
         return {"report": dataclasses.asdict(report)}
+    if task == "prepare_space":
+        # A start's two tasks in one process: the content (when a source is given), then
+        # the engines' configuration.
+        answer = {}
+        if request.get("source") is not None:
+            answer.update(handle({**request, "task": "sync_content"}))
+        answer.update(handle({**request, "task": "prepare_engines"}))
+        return answer
     if task == "prepare_engines":
         env: dict[str, str] = {}
         for engine in _engines(space, request):

@@ -289,10 +289,15 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             account.name if account else "the platform's account",
             f", memory limit {self.memory_budget_bytes(options) >> 30} GiB" if fence else "",
         )
+        # One process of the owner for both (each owner task is a Python start-up).
+        engines = self.engine_request(options)
+        content = {}
         if self.deliver_workshop_content:
             source, exclude = self.content_source(environment)
-            answer = await self.as_owner("sync_content", source=source, exclude=list(exclude))
-            report = answer["report"]
+            content = {"source": source, "exclude": list(exclude)}
+        prepared = await self.as_owner("prepare_space", **content, **engines)
+        report = prepared.get("report")
+        if report is not None:
             self.log.info(
                 "Workshop content for %s: %d added, %d updated, %d kept as the user's",
                 self.user.name,
@@ -306,8 +311,6 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                     self.user.name,
                     ", ".join(report["refused"]),
                 )
-        engines = self.engine_request(options)
-        prepared = await self.as_owner("prepare_engines", **engines)
         self._engine_client_env = prepared["client_env"]
         space.write_state(
             active=True,

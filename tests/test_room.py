@@ -10,7 +10,7 @@ import pwd
 import stat
 
 import pytest
-from hubclient import BrowserUser, RunningPlatform, marked_processes, running_platform
+from hubclient import BrowserUser, RunningPlatform, marked_processes
 
 from clusterhub.accounts import AccountPolicy, accounts_made
 
@@ -23,9 +23,16 @@ NOTES = "my notes, written before the platform ran as root's accounts"
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
+    """Not started: the first test starts it in the single-account mode, then as root's."""
     limits = ["--max-accounts", "2", "--max-servers", "1"]
-    with running_platform(str(tmp_path_factory.mktemp("room")), extra_args=limits) as running:
+    running = RunningPlatform(str(tmp_path_factory.mktemp("room")), extra_args=limits)
+    try:
         yield running
+    finally:
+        running.stop()
+        leftovers = running.kill_leftovers()
+        running.remove_accounts_and_data()
+        assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def started(platform: RunningPlatform, name: str) -> BrowserUser:
