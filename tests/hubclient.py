@@ -164,6 +164,13 @@ class RunningPlatform:
             subprocess.run(["groupdel", name], capture_output=True, check=False)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
+    def tear_down(self) -> None:
+        """Stop it, remove its accounts and data dir; fail if any of its processes were left."""
+        self.stop()
+        leftovers = self.kill_leftovers()
+        self.remove_accounts_and_data()
+        assert not leftovers, f"processes left behind: {leftovers}"
+
     def kill_leftovers(self) -> list[str]:
         """Kill anything still marked as ours; returns what was found (should be nothing)."""
         found = marked_processes("CLUSTERHUB_PLATFORM", self.data_dir)
@@ -215,10 +222,7 @@ def running_platform(root: str, **options) -> Iterator[RunningPlatform]:
         running.start()
         yield running
     finally:
-        running.stop()
-        leftovers = running.kill_leftovers()
-        running.remove_accounts_and_data()
-        assert not leftovers, f"processes left behind: {leftovers}"
+        running.tear_down()
 
 
 class BrowserUser:

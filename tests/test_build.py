@@ -487,10 +487,7 @@ def test_new_servers_use_the_new_environment_running_ones_keep_theirs(tmp_path):
                 kernel.close()
             except Exception:
                 pass
-        platform.stop()
-        leftovers = platform.kill_leftovers()
-        platform.remove_accounts_and_data()
-        assert not leftovers, leftovers
+        platform.tear_down()
 
 
 @pytest.mark.images

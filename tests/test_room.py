@@ -29,10 +29,7 @@ def platform(tmp_path_factory):
     try:
         yield running
     finally:
-        running.stop()
-        leftovers = running.kill_leftovers()
-        running.remove_accounts_and_data()
-        assert not leftovers, f"processes left behind: {leftovers}"
+        running.tear_down()
 
 
 def started(platform: RunningPlatform, name: str) -> BrowserUser:
