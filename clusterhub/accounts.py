@@ -202,20 +202,16 @@ def find_account(policy: AccountPolicy, hub_name: str) -> Account | None:
 
 # useradd and groupadd lock /etc/passwd and /etc/group themselves and fail (rather than wait)
 # when they are busy: one account at a time on the whole machine, across the hub's threads,
-# `clusterhub build` and any other platform on it.
-# In a directory of root's own: in a world-writable one (/run/lock, /tmp) an attendee could
-# make the file first and hold the lock forever.
-MACHINE_ACCOUNTS_LOCK = "/run/clusterhub/accounts.lock"
+# `clusterhub build` and any other platform on it. In a directory of root's own: in a
+# world-writable one (/run/lock, /tmp) an attendee could make the file first and hold the
+# lock forever.
+ACCOUNTS_LOCK = "/run/clusterhub/accounts.lock"
 
 
 @contextlib.contextmanager
-def _accounts_lock(lock_file: str) -> Iterator[None]:
-    """The machine's accounts lock (``lock_file``, the platform's own, where there is no
-    /run)."""
-    if os.path.isdir(os.path.dirname(os.path.dirname(MACHINE_ACCOUNTS_LOCK))):
-        lock_file = MACHINE_ACCOUNTS_LOCK
-    os.makedirs(os.path.dirname(lock_file), mode=0o700, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def _accounts_lock() -> Iterator[None]:
+    os.makedirs(os.path.dirname(ACCOUNTS_LOCK), mode=0o700, exist_ok=True)
+    fd = os.open(ACCOUNTS_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -247,7 +243,7 @@ def _run(cmd: list[str]) -> None:
         raise AccountError(f"{cmd[0]} failed: {(result.stderr or result.stdout).strip()}")
 
 
-def ensure_account(policy: AccountPolicy, hub_name: str, home: str, lock_file: str) -> Account:
+def ensure_account(policy: AccountPolicy, hub_name: str, home: str) -> Account:
     """The user's account, made now if it does not exist yet."""
     found = find_account(policy, hub_name)
     if found is not None:
@@ -255,7 +251,7 @@ def ensure_account(policy: AccountPolicy, hub_name: str, home: str, lock_file: s
     useradd, groupadd = shutil.which("useradd"), shutil.which("groupadd")
     if os.geteuid() != 0 or not useradd or not groupadd:
         raise AccountError("per-user accounts need root and useradd/groupadd (package passwd)")
-    with _accounts_lock(lock_file):
+    with _accounts_lock():
         found = find_account(policy, hub_name)  # made meanwhile by another spawn
         if found is not None:
             return found
@@ -350,7 +346,7 @@ def check_build_account_name(name: str) -> str:
     return name
 
 
-def ensure_build_account(name: str, lock_file: str) -> Account:
+def ensure_build_account(name: str) -> Account:
     """The build account, made now (a system account, no home, no login) if it is missing.
 
     An existing account of that name is used only if this platform made it."""
@@ -373,7 +369,7 @@ def ensure_build_account(name: str, lock_file: str) -> Account:
     useradd = shutil.which("useradd")
     if os.geteuid() != 0 or not useradd:
         raise AccountError("a build account needs root and useradd (package passwd)")
-    with _accounts_lock(lock_file):
+    with _accounts_lock():
         account = found()
         if account is None:
             _run(

@@ -175,7 +175,6 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                 self.account_policy,
                 self.user.name,
                 self.space.home,
-                os.path.join(self.data_dir, "run", "accounts.lock"),
             )
         except AccountError as exc:
             error = web.HTTPError(403, str(exc))

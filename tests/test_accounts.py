@@ -85,8 +85,7 @@ def policy(tmp_path):
 @as_root
 def test_an_account_is_made_once_without_login_or_password(policy, tmp_path):
     home = str(tmp_path / "home")
-    lock = str(tmp_path / "run" / "accounts.lock")
-    account = ensure_account(policy, "alice", home, lock)
+    account = ensure_account(policy, "alice", home)
     assert account.name == policy.prefix + "alice"
     assert policy.uid_min <= account.uid <= policy.uid_max
     import pwd
@@ -97,7 +96,7 @@ def test_an_account_is_made_once_without_login_or_password(policy, tmp_path):
     assert entry.pw_dir == home
     assert spwd.getspnam(account.name).sp_pwdp.startswith("!")  # locked: no password
     # Found again (a hub restart), never made twice.
-    assert ensure_account(policy, "alice", home, lock) == account
+    assert ensure_account(policy, "alice", home) == account
     assert find_account(policy, "alice") == account
     assert accounts_made(policy) == [account.name]
     assert remove_account(policy, "alice")
@@ -110,7 +109,7 @@ def test_an_existing_system_account_of_that_name_is_never_taken_over(policy, tmp
     subprocess.run(["useradd", "--no-create-home", name], check=True)
     try:
         with pytest.raises(AccountError, match="was not made for 'mallory' by this platform"):
-            ensure_account(policy, "mallory", str(tmp_path), str(tmp_path / "lock"))
+            ensure_account(policy, "mallory", str(tmp_path))
     finally:
         subprocess.run(["userdel", name], check=False)
 
@@ -118,9 +117,9 @@ def test_an_existing_system_account_of_that_name_is_never_taken_over(policy, tmp
 @as_root
 def test_the_room_is_full_at_max_accounts(policy, tmp_path):
     small = AccountPolicy(policy.prefix, policy.uid_min, policy.uid_max, max_accounts=1)
-    ensure_account(small, "first", str(tmp_path / "a"), str(tmp_path / "lock"))
+    ensure_account(small, "first", str(tmp_path / "a"))
     with pytest.raises(AccountError, match="room for 1 attendees and all places are taken"):
-        ensure_account(small, "second", str(tmp_path / "b"), str(tmp_path / "lock"))
+        ensure_account(small, "second", str(tmp_path / "b"))
     assert find_account(small, "second") is None
 
 
@@ -128,16 +127,15 @@ def test_the_room_is_full_at_max_accounts(policy, tmp_path):
 def test_accounts_made_at_once_get_distinct_uids(policy, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    lock = str(tmp_path / "lock")
     names = [f"u{i}" for i in range(6)]
     with ThreadPoolExecutor(6) as pool:
-        made = list(pool.map(lambda n: ensure_account(policy, n, str(tmp_path / n), lock), names))
+        made = list(pool.map(lambda n: ensure_account(policy, n, str(tmp_path / n)), names))
     assert len({a.uid for a in made}) == 6
 
 
 @as_root
 def test_a_home_is_taken_over_without_following_links_or_losing_files(policy, tmp_path):
-    account = ensure_account(policy, "carol", str(tmp_path / "home"), str(tmp_path / "lock"))
+    account = ensure_account(policy, "carol", str(tmp_path / "home"))
     home = tmp_path / "home"
     (home / "notebooks").mkdir(parents=True)
     (home / "notebooks" / "mine.ipynb").write_text("{}")
@@ -156,7 +154,7 @@ def test_a_home_is_taken_over_without_following_links_or_losing_files(policy, tm
 
 @as_root
 def test_a_process_started_as_the_account_is_the_account(policy, tmp_path):
-    account = ensure_account(policy, "dave", str(tmp_path), str(tmp_path / "lock"))
+    account = ensure_account(policy, "dave", str(tmp_path))
     out = subprocess.run(
         ["id", "-u"], capture_output=True, text=True, check=True, **account.popen_kwargs()
     )

@@ -28,11 +28,11 @@ from .spec import read_spec
 from .steps import Progress
 
 
-def builder_account(data_dir: str, name: str = BUILD_ACCOUNT) -> Account:
+def builder_account(name: str = BUILD_ACCOUNT) -> Account:
     """Who runs the repository's code: the build account as root, else whoever we are."""
     if os.geteuid() != 0:
         return Account.current()
-    return ensure_build_account(name, os.path.join(data_dir, "run", "accounts.lock"))
+    return ensure_build_account(name)
 
 
 def build_local(
@@ -45,7 +45,7 @@ def build_local(
     out = out or sys.stdout
     data_dir = os.path.abspath(data_dir)
     with build_lock(data_dir):
-        builder = builder_account(data_dir, build_account)
+        builder = builder_account(build_account)
         for stale in remove_incomplete(data_dir):
             print(f"clusterhub build: removed {stale}, left by an interrupted build", file=out)
         name = next_name(data_dir)
