@@ -14,6 +14,7 @@ import sys
 
 from clusterhub.settings import GATEWAY_PREFIX, PlatformSettings
 from clusterhub.space import LocalSpace
+from clusterhub.spawner.kubeobjects import pull_secret_names
 
 from .options import make_cluster_options
 
@@ -110,9 +111,9 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
     c.KubeSpaceClusterConfig.node_selector = dict(kube.get("user_node_selector") or {})
     c.KubeSpaceClusterConfig.tolerations = list(kube.get("user_tolerations") or [])
-    c.KubeSpaceClusterConfig.image_pull_secrets = [
-        e["name"] if isinstance(e, dict) else e for e in kube.get("image_pull_secrets") or []
-    ]
+    c.KubeSpaceClusterConfig.image_pull_secrets = pull_secret_names(
+        kube.get("image_pull_secrets") or []
+    )
     # What the space's quota counts for a coordinator (clusterhub.spawner.kubespace).
     c.ClusterConfig.scheduler_cores = 1
     c.ClusterConfig.scheduler_memory = "1 G"

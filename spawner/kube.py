@@ -328,19 +328,16 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             gateway_ports=self.gateway_ports(),
             ipyparallel_key=secrets.token_hex(32),
             # The engines pull the cluster image as the notebook pulls its own.
-            image_pull_secrets=self.pull_secret_names(),
+            image_pull_secrets=k.pull_secret_names(self.image_pull_secrets),
         )
         for obj in objects:
             await self._create_or_keep(obj)
         await self._copy_image_pull_secrets()
 
-    def pull_secret_names(self) -> list[str]:
-        return [e["name"] if isinstance(e, dict) else e for e in self.image_pull_secrets or []]
-
     async def _copy_image_pull_secrets(self) -> None:
         """Pods can only use pull secrets of their own namespace: copy the hub's into the space."""
         core = self._api(CoreV1Api)
-        for name in self.pull_secret_names():
+        for name in k.pull_secret_names(self.image_pull_secrets):
             try:
                 source = await self._request(core.read_namespaced_secret(name, self.hub_namespace))
             except ApiException as exc:

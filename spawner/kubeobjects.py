@@ -91,6 +91,7 @@ __all__ = [
     "notebook_labels",
     "parse_quantity",
     "placement_spec",
+    "pull_secret_names",
     "pull_secrets_spec",
     "space_annotations",
     "space_labels",
@@ -1108,6 +1109,12 @@ def _check_resources(resources: Mapping[str, Mapping[str, str]] | None) -> dict[
             raise ValueError(f"resources: keys must be 'requests'/'limits', got {kind!r}")
         result[kind] = {res: _quantity(q, f"resources.{kind}.{res}") for res, q in amounts.items()}
     return result
+
+
+def pull_secret_names(entries: Sequence[str | Mapping[str, str]]) -> list[str]:
+    """The Secret names of image pull secrets given as names or as ``{"name": ...}`` (both
+    are what KubeSpawner and the chart's ``imagePullSecrets`` accept)."""
+    return [e["name"] if isinstance(e, Mapping) else e for e in entries or []]
 
 
 def pull_secrets_spec(names: Sequence[str]) -> dict[str, Any]:
