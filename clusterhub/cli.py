@@ -105,18 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as root too, run every attendee as this account (no boundary between them)",
     )
+    from .accounts import AccountPolicy
+
+    policy = AccountPolicy()  # the defaults live there
     accounts.add_argument(
         "--account-prefix",
         type=_account_prefix,
-        default="ch-",
-        help="prefix of the attendees' system accounts (default: ch-)",
+        default=policy.prefix,
+        help=f"prefix of the attendees' system accounts (default: {policy.prefix})",
     )
     accounts.add_argument(
         "--uid-range",
         type=_uid_range,
-        default=(20000, 29999),
+        default=(policy.uid_min, policy.uid_max),
         metavar="MIN-MAX",
-        help="uids (and gids) of the attendees' accounts (default: 20000-29999)",
+        help="uids (and gids) of the attendees' accounts "
+        f"(default: {policy.uid_min}-{policy.uid_max})",
     )
     accounts.add_argument(
         "--max-accounts",

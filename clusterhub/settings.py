@@ -30,14 +30,12 @@ LOCAL_ONLY_FIELDS = frozenset(
 ROOT_DATA_DIR = "/var/lib/clusterhub"
 USER_DATA_DIR = "~/.clusterhub"
 GATEWAY_SERVICE = "dask-gateway"
+GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 
 def default_data_dir() -> str:
     """``--data-dir``'s default for ``clusterhub up`` and ``clusterhub build`` alike."""
     return ROOT_DATA_DIR if os.geteuid() == 0 else os.path.expanduser(USER_DATA_DIR)
-
-
-GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 
 @dataclass
