@@ -100,5 +100,19 @@ def find_helm() -> str:
     return str(target)
 
 
+def helm_env(home: str | Path) -> dict[str, str]:
+    """An environment in which helm keeps its cache, config and data under ``home`` and
+    finds no cluster (no kubeconfig): nothing of the machine's own helm setup is used."""
+    home = Path(home)
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home),
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+        "KUBECONFIG": str(home / "no-kubeconfig"),
+    }
+
+
 if __name__ == "__main__":
     print(find_helm())

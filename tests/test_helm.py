@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helmtools import find_helm
+from helmtools import find_helm, helm_env
 
 from clusterhub.gateway.kubeobjects import GATEWAY_RBAC_RULES
 from clusterhub.profiles import DEFAULT_PROFILES, validate_profiles
@@ -102,15 +102,7 @@ CASES = ["default", "workshop-150", "enterprise", "engines"]
 def helm(tmp_path_factory):
     """Run helm with its cache/config/data homes in a temp dir; returns CompletedProcess."""
     binary = find_helm()
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(home),
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "KUBECONFIG": str(home / "no-kubeconfig"),
-    }
+    env = helm_env(tmp_path_factory.mktemp("helm-home"))
 
     def run(*args: str, kubeconfig: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(

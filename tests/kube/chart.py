@@ -6,8 +6,8 @@ test hold exactly the rights the chart gives them on a real cluster."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,9 @@ import requests
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "clusterhub"
+# tests/ holds helmtools (and is on the path when pytest runs; not when imported elsewhere).
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 _PATHS = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
@@ -28,22 +31,12 @@ _PATHS = {
 
 def render_chart(release: str, namespace: str, *args: str) -> list[dict[str, Any]]:
     """``helm template`` of the chart: the objects it would install."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from helmtools import find_helm
+    from helmtools import find_helm, helm_env
 
     with tempfile.TemporaryDirectory(prefix="helm-home-") as home:
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": home,
-            "HELM_CACHE_HOME": os.path.join(home, "cache"),
-            "HELM_CONFIG_HOME": os.path.join(home, "config"),
-            "HELM_DATA_HOME": os.path.join(home, "data"),
-        }
         result = subprocess.run(
             [find_helm(), "template", release, str(CHART), "--namespace", namespace, *args],
-            env=env,
+            env=helm_env(home),
             capture_output=True,
             text=True,
             timeout=60,
