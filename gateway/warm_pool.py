@@ -44,6 +44,10 @@ BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
 Fingerprint = tuple[str, tuple[str, ...]]
 # Where warm interpreters keep temporary files, under the pool's directory.
 WARM_TMP = "warm-tmp"
+# A Unix socket's path holds at most 107 bytes; multiprocessing puts the fork server's at
+# <TMPDIR>/pymp-XXXXXXXX/listener-XXXXXXXX (32 more). Past that it cannot listen at all.
+SOCKET_PATH_MAX = 107
+FORK_SERVER_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 # Refills wait until less than this share of the machine's CPU was busy over a delay.
 QUIET_CPU_FRACTION = 0.5
 
@@ -205,6 +209,12 @@ class WarmInterpreterPool:
         # platform's own directory, not /tmp, where a killed interpreter would leave it. It
         # must stay passable (0711): the directory is handed to the user whose nanny uses it.
         tmpdir = os.path.join(self.workdir, WARM_TMP)
+        if len(os.fsencode(tmpdir)) + FORK_SERVER_SOCKET_SUFFIX > SOCKET_PATH_MAX:
+            raise OSError(
+                f"the data dir's path is too long for a fork server's socket ({tmpdir} is "
+                f"{len(os.fsencode(tmpdir))} bytes, at most "
+                f"{SOCKET_PATH_MAX - FORK_SERVER_SOCKET_SUFFIX}); choose a shorter --data-dir"
+            )
         os.makedirs(tmpdir, exist_ok=True)
         os.chmod(tmpdir, 0o711)
         env["TMPDIR"] = tmpdir

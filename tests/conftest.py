@@ -3,11 +3,12 @@ does. Without ``-n`` nothing here changes anything.
 
 - Each module runs whole in one worker (its module-scoped platform is started once), and
   modules that use the same fixed resources of the machine share a worker, one after the
-  other: the Kubernetes tests (their engine pods listen on the engines' fixed ports: Spark
-  7077/8080/8081, IPyParallel's, the chart's hub port 8081) and the tests that run a private
-  Docker engine.
-- The two longest groups (Kubernetes, Docker) come first, one to each worker; the rest
-  follow in file order, each to whichever worker is free.
+  other: the Kubernetes tests whose engine pods listen on the engines' fixed ports (Spark
+  7077/8080/8081, IPyParallel's; the chart's hub port is 8081 too), and the tests that run
+  a private Docker engine.
+- The longest go first (the two shared groups, one to each worker, then the longest
+  modules), each to whichever worker is free: the run ends with short modules, not with one
+  worker idle while the other starts a long one.
 - Each worker chooses ports from its own slice of the chosen-port range
   (``CLUSTERHUB_PORT_RANGE``, inherited by every platform a test starts), so two workers never
   pick the same port between choosing and binding it.
@@ -21,16 +22,27 @@ import pytest
 
 from clusterhub.ports import PORT_RANGE_ENV, chosen_range
 
-# group -> the module name prefixes that belong to it; the order is the order groups start in
+# group -> the module name prefixes that belong to it
 SHARED_GROUPS = {
-    "kubernetes": (
-        "test_kube_",
-        "test_gateway_kube",
-        "test_gateway_faults",
-        "test_engine_entrypoint",
-    ),
+    "engine-ports": ("test_kube_engines", "test_kube_kernels", "test_kube_chart_hub"),
     "docker": ("test_images",),
 }
+# Groups and modules that take longest, longest first (measured in full runs); the rest
+# follow in file order.
+LONGEST_FIRST = (
+    "engine-ports",
+    "docker",
+    "test_platform_e2e",
+    "test_strangers",
+    "test_build",
+    "test_clusters_core",
+    "test_gateway_faults",
+    "test_gateway_kube",
+    "test_kube_spawner",
+    "test_room",
+    "test_accounts",
+    "test_clusters_handlers",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,7 +82,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    # The longest groups first, one to each worker; sorted stably, so a module's tests keep
-    # their order.
-    rank = {group: number for number, group in enumerate(SHARED_GROUPS)}
+    # Sorted stably, so a module's tests keep their order.
+    rank = {group: number for number, group in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(module_group(item.nodeid), len(rank)))

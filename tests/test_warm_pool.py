@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -82,9 +86,21 @@ def test_as_root_an_environment_built_from_a_repository_is_never_imported_warm(t
     assert fingerprint([DASK, "worker", "tcp://x:1"], {}) is not None, "the platform's own"
 
 
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data dir short enough for a fork server's socket (pytest's own directories, deeper
+    still under xdist, are not: see the test below)."""
+    path = tempfile.mkdtemp(prefix="warm-")
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
+async def test_warm_interpreters_become_scheduler_and_workers(short_dir):
+    tmp_path = short_dir
     space = tmp_path / "spaces" / "ada"
     cluster_dir = space / "dask-gateway" / "c1"
     cluster_dir.mkdir(parents=True)
@@ -170,7 +186,8 @@ async def test_warm_interpreters_become_scheduler_and_workers(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_another_environment_starts_cold_and_retargets(tmp_path):
+async def test_another_environment_starts_cold_and_retargets(short_dir):
+    tmp_path = short_dir
     pool = WarmInterpreterPool(1, str(tmp_path), refill_delay=0.2)
     cmd = [DASK, "scheduler", "--host", "127.0.0.1"]
     try:
@@ -185,6 +202,18 @@ async def test_another_environment_starts_cold_and_retargets(tmp_path):
     finally:
         await pool.close()
     assert pool._idle == []
+
+
+@pytest.mark.asyncio
+async def test_a_data_dir_too_long_for_a_socket_starts_cold_and_says_why(tmp_path, caplog):
+    deep = tmp_path / ("d" * max(1, 110 - len(str(tmp_path))))
+    pool = WarmInterpreterPool(1, str(deep))
+    cmd = [DASK, "scheduler"]
+    await pool.warm(cmd, job_env(str(deep)))
+    assert pool._idle == []
+    assert "too long for a fork server's socket" in caplog.text
+    assert await pool.start(cmd, job_env(str(deep)), str(deep), str(deep / "log")) is None
+    await pool.close()
 
 
 @pytest.mark.asyncio
