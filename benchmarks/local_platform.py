@@ -202,8 +202,7 @@ def bench_accounts(users: int, repeat: int) -> None:
     if os.geteuid() != 0:
         print("accounts: skipped, the per-attendee accounts exist only when run as root")
         return
-    from clusterhub.profiles import DEFAULT_PROFILES, memory_budget_gib
-    from clusterhub.spawner.local import LocalSpaceSpawner
+    from clusterhub.profiles import DEFAULT_PROFILES, memory_budget_gib, validate_profiles
 
     spawn, cluster = {}, {}
     for label, extra in (("single-account", ("--single-account",)), ("per-user", ())):
@@ -218,10 +217,9 @@ def bench_accounts(users: int, repeat: int) -> None:
           f"{spawn['per-user'] / spawn['single-account']:.2f}")  # fmt: skip
     print(f"cluster ready ratio per-user/single-account: "
           f"{cluster['per-user'] / cluster['single-account']:.2f}")  # fmt: skip
-    notebook = LocalSpaceSpawner.notebook_memory_gib.default_value
-    for profile in DEFAULT_PROFILES:
-        budget = memory_budget_gib(profile, notebook)
-        print(f"fence memory of profile {profile['slug']!r}: {budget} GiB")
+    for profile in validate_profiles(DEFAULT_PROFILES):
+        budget = memory_budget_gib(profile)
+        print(f"fence memory of profile {profile['slug']!r}: {budget:g} GiB")
 
 
 def _surge(running: RunningPlatform, users: int, plain: bool) -> tuple[float, int]:

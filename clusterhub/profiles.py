@@ -26,6 +26,19 @@ SIZE_FIELDS = {
     "worker_memory_gib": ("Memory per worker (GiB)", 1, 256),
 }
 
+# The notebook server's own size: a guarantee (what it is scheduled with) and a limit (what
+# it may use), like zero-to-jupyterhub's singleuser.cpu and singleuser.memory. On Kubernetes
+# they are the notebook container's requests and limits; on one machine the memory limit is
+# the notebook's share of the user's control group. field -> (label, lowest, highest).
+NOTEBOOK_FIELDS = {
+    "cpu": ("Notebook CPUs", 0.1, 64.0),
+    "memory_gib": ("Notebook memory (GiB)", 0.5, 256.0),
+}
+DEFAULT_NOTEBOOK = {
+    "cpu": {"guarantee": 0.5, "limit": 1.0},
+    "memory_gib": {"guarantee": 1.0, "limit": 2.0},
+}
+
 DEFAULT_PROFILES: list[dict[str, Any]] = [
     {
         "slug": "dask",
@@ -42,6 +55,11 @@ DEFAULT_PROFILES: list[dict[str, Any]] = [
         "display_name": "Dask + Spark",
         "description": "Adds a personal Spark standalone master and workers.",
         "engines": ["spark"],
+        # The kernel's Spark driver is a JVM in the notebook.
+        "notebook": {
+            "cpu": {"guarantee": 0.5, "limit": 1},
+            "memory_gib": {"guarantee": 1.5, "limit": 3},
+        },
         "workers": {"default": 2, "max": 4},
         "worker_cores": {"default": 1, "max": 2},
         "worker_memory_gib": {"default": 1, "max": 4},
@@ -98,6 +116,39 @@ def _whole_number(field: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def _number(field: str, value: Any, low: float, high: float) -> float:
+    """``value`` as a float within [low, high], else a ValueError naming ``field``."""
+    allowed = f"must be a number from {low:g} to {high:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{field}: {allowed}, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{field}: {allowed}, not {value!r}")
+    return float(value)
+
+
+def validate_notebook(where: str, sizes: Any) -> dict[str, dict[str, float]]:
+    """A profile's ``notebook`` sizes, normalised; missing parts take DEFAULT_NOTEBOOK's."""
+    if sizes is None:
+        sizes = {}
+    if not isinstance(sizes, Mapping) or set(sizes) - set(NOTEBOOK_FIELDS):
+        raise ValueError(f"{where}: must be a mapping with keys {sorted(NOTEBOOK_FIELDS)}")
+    result = {}
+    for field, (_label, low, high) in NOTEBOOK_FIELDS.items():
+        bounds = sizes.get(field, {})
+        if not isinstance(bounds, Mapping) or set(bounds) - {"guarantee", "limit"}:
+            raise ValueError(f"{where}.{field}: must be a mapping with 'guarantee' and 'limit'")
+        default = DEFAULT_NOTEBOOK[field]
+        limit = _number(f"{where}.{field}.limit", bounds.get("limit", default["limit"]), low, high)
+        guarantee = _number(
+            f"{where}.{field}.guarantee",
+            bounds.get("guarantee", min(default["guarantee"], limit)),
+            low,
+            limit,
+        )
+        result[field] = {"guarantee": guarantee, "limit": limit}
+    return result
+
+
 def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check an admin's profile list; return it normalised. Errors name the exact key."""
     if not isinstance(profiles, list) or not profiles:
@@ -108,7 +159,15 @@ def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]
         where = f"profiles[{index}]"
         if not isinstance(profile, Mapping):
             raise ValueError(f"{where}: must be a mapping")
-        known = {"slug", "display_name", "description", "default", "engines", *SIZE_FIELDS}
+        known = {
+            "slug",
+            "display_name",
+            "description",
+            "default",
+            "engines",
+            "notebook",
+            *SIZE_FIELDS,
+        }
         unknown = sorted(set(profile) - known)
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -127,6 +186,7 @@ def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]
             "description": str(profile.get("description", "")),
             "default": bool(profile.get("default", False)),
             "engines": list(engines),
+            "notebook": validate_notebook(f"{where}.notebook", profile.get("notebook")),
         }
         for field, (_label, low, high) in SIZE_FIELDS.items():
             bounds = profile.get(field, {})
@@ -192,29 +252,30 @@ def options_from_form(profiles: list[dict[str, Any]], formdata: Mapping[str, lis
     return validate_options(profiles, flat)
 
 
-def memory_budget_gib(profile: Mapping[str, Any], notebook_memory_gib: int) -> int:
-    """A user's memory limit with ``profile``: the notebook, plus for Dask and each engine
-    its maximum workers at their maximum memory."""
+def memory_budget_gib(profile: Mapping[str, Any]) -> float:
+    """A user's memory limit with ``profile``: the notebook's limit, plus for Dask and each
+    engine its maximum workers at their maximum memory."""
     clusters = 1 + len(profile["engines"])
     per_cluster = profile["workers"]["max"] * profile["worker_memory_gib"]["max"]
-    return notebook_memory_gib + clusters * per_cluster
+    return profile["notebook"]["memory_gib"]["limit"] + clusters * per_cluster
 
 
-def render_form(profiles: list[dict[str, Any]], notebook_memory_gib: int | None = None) -> str:
+def render_form(profiles: list[dict[str, Any]], show_memory_limit: bool = False) -> str:
     """The spawn form: one radio button per profile, number fields bounded by the profile.
 
-    With ``notebook_memory_gib`` (users are fenced), each profile shows its memory limit."""
+    With ``show_memory_limit`` (users are fenced), each profile shows its memory limit."""
     chosen = default_profile(profiles)
     rows = []
     for profile in profiles:
         checked = " checked" if profile is chosen else ""
         engines = ", ".join(["dask", *profile["engines"]])
         limit = ""
-        if notebook_memory_gib is not None:
-            budget = memory_budget_gib(profile, notebook_memory_gib)
+        if show_memory_limit:
+            notebook = profile["notebook"]["memory_gib"]["limit"]
             limit = (
-                f'<br><small class="clusterhub-memory-limit">Memory limit: {budget} GiB '
-                f"(notebook {notebook_memory_gib} GiB + up to {profile['workers']['max']} "
+                f'<br><small class="clusterhub-memory-limit">Memory limit: '
+                f"{memory_budget_gib(profile):g} GiB "
+                f"(notebook {notebook:g} GiB + up to {profile['workers']['max']} "
                 f"workers x {profile['worker_memory_gib']['max']} GiB per cluster)</small>"
             )
         rows.append(

@@ -201,7 +201,7 @@ def _pod(
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
             "runAsNonRoot": True,
-            "runAsUser": k.ENGINE_UID,
+            "runAsUser": k.IMAGE_UID,
         },
     }
     spec_extra = {
@@ -221,9 +221,9 @@ def _pod(
             "enableServiceLinks": False,
             "securityContext": {
                 "runAsNonRoot": True,
-                "runAsUser": k.ENGINE_UID,
-                "runAsGroup": k.ENGINE_UID,
-                "fsGroup": k.ENGINE_UID,
+                "runAsUser": k.IMAGE_UID,
+                "runAsGroup": k.IMAGE_GID,
+                "fsGroup": k.IMAGE_GID,
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "containers": [container],

@@ -12,6 +12,7 @@ server, including Dask clusters the gateway put there.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from urllib.parse import urlsplit
@@ -67,6 +68,29 @@ class ForeignNamespace(web.HTTPError):
         )
         super().__init__(409, message)
         self.jupyterhub_message = message
+
+
+class QuotaExceeded(web.HTTPError):
+    """The notebook does not fit what is left of the space's quota."""
+
+    def __init__(self, namespace: str, detail: str):
+        message = (
+            f"your server does not fit the resource quota of namespace {namespace}: {detail}. "
+            "Stop some of your engines' workers, or ask an admin for a larger profile"
+        )
+        super().__init__(403, message)
+        self.jupyterhub_message = message
+
+
+def quota_refusal(exc: ApiException) -> str | None:
+    """What the API server's quota admission said, if that is why it refused (403)."""
+    if exc.status != 403:
+        return None
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (TypeError, ValueError):
+        return None
+    return message if "quota" in message else None
 
 
 class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
@@ -152,6 +176,20 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
         # The notebook scales its own engines through its namespaced ServiceAccount.
         return True
 
+    # The notebook image's user and group, and the group that owns the pod's volumes: without
+    # fsGroup a new home disk stays root's and JupyterLab cannot write to it.
+    @default("uid")
+    def _default_uid(self):
+        return k.IMAGE_UID
+
+    @default("gid")
+    def _default_gid(self):
+        return k.IMAGE_GID
+
+    @default("fs_gid")
+    def _default_fs_gid(self):
+        return k.IMAGE_GID
+
     @default("extra_labels")
     def _default_extra_labels(self):
         return {k.SPACE_MEMBER_LABEL: "true", k.MANAGED_BY_LABEL: k.MANAGED_BY}
@@ -167,7 +205,47 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
 
     async def load_user_options(self):
         # Our profiles replace KubeSpawner's profile_list; API choices are checked like form ones.
-        self.space_options()
+        options = self.space_options()
+        # The notebook's own size comes from the profile (KubeSpawner's traits make them the
+        # container's requests and limits).
+        sizes = self.space_profile(options)["notebook"]
+        self.cpu_guarantee = sizes["cpu"]["guarantee"]
+        self.cpu_limit = sizes["cpu"]["limit"]
+        self.mem_guarantee = int(sizes["memory_gib"]["guarantee"] * 2**30)
+        self.mem_limit = int(sizes["memory_gib"]["limit"] * 2**30)
+
+    async def _create_once_counted(self, create) -> None:
+        """``create()`` again while the API server refuses it because the space's new quota
+        is not counted yet ("status unknown for quota"), for up to
+        ``k8s_api_request_retry_timeout``; any other refusal is raised."""
+        deadline = time.monotonic() + self.k8s_api_request_retry_timeout
+        pause = 0.1
+        while True:
+            try:
+                await self._request(create())
+                return
+            except ApiException as exc:
+                message = quota_refusal(exc) or ""
+                if "status unknown for quota" not in message or time.monotonic() > deadline:
+                    raise
+            self.log.info("Quota of %s not counted yet; creating again", self.namespace)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    async def _make_create_pod_request(self, pod, request_timeout):
+        # A pod created right after its namespace's new quota can be refused with "status
+        # unknown for quota" until the quota controller has counted the namespace: retried
+        # like a timeout, as a controller would. A quota the pod does not fit is the user's.
+        try:
+            return await super()._make_create_pod_request(pod, request_timeout)
+        except ApiException as exc:
+            message = quota_refusal(exc)
+            if message is None:
+                raise
+            if "status unknown for quota" in message:
+                self.log.info("Quota of %s not counted yet; creating the pod again", self.namespace)
+                return False
+            raise QuotaExceeded(self.namespace, message.split(": ", 1)[-1]) from None
 
     async def progress(self):
         # The space is prepared before the pod exists, so say so first; then the pod's events.
@@ -366,7 +444,9 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
         api = self._api(cls)
         name = obj["metadata"]["name"]
         try:
-            await self._request(getattr(api, f"create_namespaced_{suffix}")(self.namespace, obj))
+            await self._create_once_counted(
+                lambda: getattr(api, f"create_namespaced_{suffix}")(self.namespace, obj)
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise

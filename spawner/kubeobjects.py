@@ -173,9 +173,11 @@ _MODES: dict[tuple[str, str], str] = {
     ("dask", "worker"): "dask-worker",
 }
 
-# The cluster image runs as this unprivileged user; pods enforce it so a misbuilt image fails
-# loudly instead of running engines as root.
-ENGINE_UID = 1000
+# The images' unprivileged user and its group (jovyan, images/base). Every user pod runs as
+# them, so a misbuilt image fails loudly instead of running as root, and its volumes belong
+# to the group (a fresh cloud disk is root's, 0755).
+IMAGE_UID = 1000
+IMAGE_GID = 1000
 
 # --------------------------------------------------------------------------------------------
 # Validation helpers
@@ -1233,7 +1235,7 @@ def make_engine_deployment(
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": True,
-        "runAsUser": ENGINE_UID,
+        "runAsUser": IMAGE_UID,
     }
 
     pod_spec: dict[str, Any] = {
@@ -1242,9 +1244,9 @@ def make_engine_deployment(
         "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": ENGINE_UID,
-            "runAsGroup": ENGINE_UID,
-            "fsGroup": ENGINE_UID,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_GID,
+            "fsGroup": IMAGE_GID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

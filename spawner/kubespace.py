@@ -20,9 +20,6 @@ NOTEBOOK_ROLE = "notebook"
 # The profile's maxima, as JSON, in the notebook's environment (see notebook_limits_env).
 LIMITS_ENV = "CLUSTERHUB_LIMITS"
 
-# What one notebook server may use, counted into the space's quota on top of the engines.
-NOTEBOOK_CORES = 1
-NOTEBOOK_MEMORY_GIB = 2
 # A coordinator (Spark master, IPyParallel controller, Dask scheduler).
 COORDINATOR_CORES = 1
 COORDINATOR_MEMORY_GIB = 1
@@ -33,17 +30,43 @@ def space_engines(profile: Mapping[str, Any]) -> list[str]:
     return ["dask", *profile["engines"]]
 
 
+def _cpu(cores: float) -> str:
+    """Cores as a Kubernetes quantity: whole cores bare, fractions in millicores."""
+    millis = round(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def _memory(gib: float) -> str:
+    """GiB as a Kubernetes quantity: whole GiB as Gi, fractions in Mi."""
+    mebibytes = round(gib * 1024)
+    return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
+
+
+def notebook_resources(profile: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The notebook container's requests (the profile's guarantees) and limits."""
+    sizes = profile["notebook"]
+    return {
+        kind: {
+            "cpu": _cpu(sizes["cpu"][bound]),
+            "memory": _memory(sizes["memory_gib"][bound]),
+        }
+        for kind, bound in (("requests", "guarantee"), ("limits", "limit"))
+    }
+
+
 def quota_for(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """The ceiling of a space: the notebook plus every engine at the profile's maxima."""
+    """The ceiling of a space: the notebook's limits plus every engine at the profile's
+    maxima, so a space can always grow to what its profile offers."""
     engines = space_engines(profile)
     workers = profile["workers"]["max"]
     cores = profile["worker_cores"]["max"]
     memory = profile["worker_memory_gib"]["max"]
+    notebook = profile["notebook"]
+    engine_cores = len(engines) * (COORDINATOR_CORES + workers * cores)
+    engine_gib = len(engines) * (COORDINATOR_MEMORY_GIB + workers * memory)
     return {
-        "cpu_limit": str(NOTEBOOK_CORES + len(engines) * (COORDINATOR_CORES + workers * cores)),
-        "memory_limit": (
-            f"{NOTEBOOK_MEMORY_GIB + len(engines) * (COORDINATOR_MEMORY_GIB + workers * memory)}Gi"
-        ),
+        "cpu_limit": _cpu(notebook["cpu"]["limit"] + engine_cores),
+        "memory_limit": _memory(notebook["memory_gib"]["limit"] + engine_gib),
         "max_pods": 1 + len(engines) * (1 + workers),
     }
 
@@ -118,8 +141,17 @@ def make_space_objects(
             default_memory_request="512Mi",
             default_cpu_limit="1",
             default_memory_limit="1Gi",
-            max_cpu=str(max(profile["worker_cores"]["max"], NOTEBOOK_CORES)),
-            max_memory=f"{max(profile['worker_memory_gib']['max'], NOTEBOOK_MEMORY_GIB)}Gi",
+            # No container may be larger than the largest the profile makes.
+            max_cpu=_cpu(
+                max(profile["worker_cores"]["max"], profile["notebook"]["cpu"]["limit"], 1)
+            ),
+            max_memory=_memory(
+                max(
+                    profile["worker_memory_gib"]["max"],
+                    profile["notebook"]["memory_gib"]["limit"],
+                    COORDINATOR_MEMORY_GIB,
+                )
+            ),
         ),
         *k.make_network_policies(
             namespace,

@@ -114,15 +114,6 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         the platform says so at start and runs unfenced.""",
     )
 
-    notebook_memory_gib = Integer(
-        2,
-        min=1,
-        config=True,
-        help="""Memory (GiB) a user's notebook and kernels may use. A user's memory limit is
-        this plus the profile's maximum workers x maximum memory per worker, for Dask and
-        each engine of the profile.""",
-    )
-
     pids_max = Integer(
         2048,
         min=64,
@@ -142,8 +133,8 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
 
     @default("options_form")
     def _default_options_form(self):
-        memory = self.notebook_memory_gib if self.user_accounts and self.fences else None
-        return profile_rules.render_form(self.profiles, notebook_memory_gib=memory)
+        fenced = bool(self.user_accounts and self.fences)
+        return profile_rules.render_form(self.profiles, show_memory_limit=fenced)
 
     @default("home_dir")
     def _default_home_dir(self):
@@ -188,8 +179,7 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
 
     def memory_budget_bytes(self, options: profile_rules.SpaceOptions) -> int:
         profile = self.space_profile(options)
-        gib = profile_rules.memory_budget_gib(profile, self.notebook_memory_gib)
-        return gib << 30
+        return int(profile_rules.memory_budget_gib(profile) * 2**30)
 
     async def as_owner(self, task: str, **request) -> dict:
         """Run an owner task (see clusterhub.owner_tasks) for this space, as its owner."""

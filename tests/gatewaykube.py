@@ -238,11 +238,11 @@ def cluster_pods(kubectl: Kubectl, namespace: str) -> dict[str, dict]:
 @contextlib.contextmanager
 def running_kube_cluster(prefix: str, **options) -> Iterator:
     """An emulated cluster with a process-kubelet whose pods find this checkout's tools."""
+    from tests.kube import pod_shared_dir
     from tests.kube.fixtures import KubeCluster
 
     workdir = tempfile.mkdtemp(prefix=prefix)
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
+    home = pod_shared_dir(os.path.join(workdir, "home"))
     base_env = {"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home}
     kube = KubeCluster(workdir, base_env=base_env, **options)
     try:

@@ -347,8 +347,11 @@ def test_settings_secret_is_the_contract(rendered, case, tmp_path):
     assert all(isinstance(v, bool) for v in k8s["network_policy"].values())
     assert k8s["kube_api_cidrs"] == []
     assert set(k8s["home_storage"]) == {"size", "storage_class"}
-    # profiles arrive normalised: validate_profiles() leaves them unchanged
-    assert validate_profiles(k8s["profiles"]) == k8s["profiles"]
+    # profiles arrive normalised: validate_profiles() changes nothing the chart wrote (a
+    # profile without notebook sizes gets the defaults)
+    for sent, normal in zip(k8s["profiles"], validate_profiles(k8s["profiles"]), strict=True):
+        assert {key: normal[key] for key in sent} == sent
+        assert set(normal) - set(sent) <= {"notebook"}
     # a user's namespace name can be made from the prefix
     assert ko.make_namespace_name(k8s["namespace_prefix"], "alice").endswith("alice")
     for image in ("notebook_image", "cluster_image"):
@@ -1095,6 +1098,18 @@ BAD_VALUES = {
     "profile-max-out-of-range": (
         {"singleuser": {"profiles": [_profile(worker_memory_gib={"default": 1, "max": 512})]}},
         "/singleuser/profiles/0/worker_memory_gib/max",
+    ),
+    "profile-notebook-guarantee-above-limit": (
+        {
+            "singleuser": {
+                "profiles": [_profile(notebook={"memory_gib": {"guarantee": 4, "limit": 2}})]
+            }
+        },
+        "singleuser.profiles[0].notebook.memory_gib.guarantee (4) exceeds",
+    ),
+    "profile-notebook-cpu-out-of-range": (
+        {"singleuser": {"profiles": [_profile(notebook={"cpu": {"guarantee": 0, "limit": 1}})]}},
+        "/singleuser/profiles/0/notebook/cpu/guarantee",
     ),
     "profile-unknown-engine": (
         {"singleuser": {"profiles": [_profile(engines=["ray"])]}},

@@ -24,6 +24,7 @@ from test_kube_spawner import BIN, CHECKOUT, TEST_HUB_CONFIG, RunningKubeHub, sp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clusterhub.ports import port_is_free  # noqa: E402
+from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir  # noqa: E402
 from tests.kube.chart import ChartRbac, render_chart  # noqa: E402
 from tests.kube.fixtures import KubeCluster  # noqa: E402
 
@@ -104,10 +105,11 @@ def chart_hub(tmp_path_factory):
     if not port_is_free("", HUB_PORT):
         pytest.fail(f"port {HUB_PORT} (the chart's hub port) is taken on this machine")
     workdir = tempfile.mkdtemp(prefix="kube-chart-hub-")
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
+    home = pod_shared_dir(os.path.join(workdir, "home"))
     cluster = KubeCluster(
-        workdir, base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home}
+        workdir,
+        image_users=CLUSTERHUB_IMAGE_USERS,
+        base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
     )
     hub = None
     try:

@@ -40,7 +40,7 @@ from clusterhub.spawner import kubeobjects as ko  # noqa: E402
 from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
 
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import StandInUser, busy_ports, kube_options  # noqa: E402
+from tests.kube import StandInUser, busy_ports, kube_options, pod_shared_dir  # noqa: E402
 from tests.kube import wait_for_async as wait_for  # noqa: E402
 
 if TYPE_CHECKING:
@@ -222,18 +222,18 @@ def make_spawner(username: str, profile: str) -> KubeSpaceSpawner:
 
 
 @pytest_asyncio.fixture
-async def api(kube_api: KubeCluster, tmp_path: Path) -> AsyncIterator[Api]:
+async def api(kube_api: KubeCluster) -> AsyncIterator[Api]:
     # Per-test directories for what the engines write: never the real HOME, never the
-    # venv (a Spark worker's default work dir is inside SPARK_HOME), never bare /tmp.
-    for name in ("home", "spark-work", "tmp"):
-        (tmp_path / name).mkdir()
+    # venv (a Spark worker's default work dir is inside SPARK_HOME), never bare /tmp. In the
+    # cluster's workdir, which engine pods (another user) can reach, and removed with it.
+    files = {n: pod_shared_dir(kube_api.workdir / "pod-files" / n) for n in ("home", "work", "tmp")}
     assert kube_api.kubelet is not None
     kube_api.kubelet.base_env.update(
         {
-            "HOME": str(tmp_path / "home"),
-            "SPARK_WORKER_DIR": str(tmp_path / "spark-work"),
-            "SPARK_LOCAL_DIRS": str(tmp_path / "tmp"),
-            "JAVA_TOOL_OPTIONS": f"-Djava.io.tmpdir={tmp_path / 'tmp'} -XX:-UsePerfData",
+            "HOME": files["home"],
+            "SPARK_WORKER_DIR": files["work"],
+            "SPARK_LOCAL_DIRS": files["tmp"],
+            "JAVA_TOOL_OPTIONS": f"-Djava.io.tmpdir={files['tmp']} -XX:-UsePerfData",
         }
     )
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:

@@ -44,7 +44,7 @@ from clusterhub.spawner.kubespace import (  # noqa: E402
     make_space_objects,
     notebook_limits_env,
 )
-from tests.kube import busy_ports, wait_for  # noqa: E402
+from tests.kube import busy_ports, pod_shared_dir, wait_for  # noqa: E402
 from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -122,6 +122,10 @@ class Admin:
         )
         for obj in objects:
             self.post(_PATHS[obj["kind"]].format(ns=ns), obj)
+            if obj["kind"] == "ResourceQuota":
+                # As the spawner does: nothing the quota covers is admitted until counted.
+                quota = f"/api/v1/namespaces/{ns}/resourcequotas/{obj['metadata']['name']}"
+                wait_for(lambda q=quota: self.get(q).get("status", {}).get("hard"), 10, quota)
 
     def replicas(self, ns: str) -> dict[str, int]:
         items = self.get(f"/apis/apps/v1/namespaces/{ns}/deployments")["items"]
@@ -159,8 +163,7 @@ def cluster() -> Iterator[KubeCluster]:
     except AssertionError:
         pytest.fail(f"ports {busy_ports(IPP_PORTS)} are in use: the IPyParallel engines need them")
     workdir = tempfile.mkdtemp(prefix="kube-core-")
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
+    home = pod_shared_dir(os.path.join(workdir, "home"))
     kube = KubeCluster(
         workdir,
         # With a UTS namespace per pod an engine's hostname is its pod's name.

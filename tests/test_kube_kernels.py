@@ -28,7 +28,12 @@ from test_kube_spawner import Kubectl, RunningKubeHub, spawn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clusterhub.spawner import kubeobjects as ko  # noqa: E402
-from tests.kube import busy_ports, wait_for  # noqa: E402
+from tests.kube import (  # noqa: E402
+    CLUSTERHUB_IMAGE_USERS,
+    busy_ports,
+    pod_shared_dir,
+    wait_for,
+)
 from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -102,19 +107,17 @@ def workdir() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def home(workdir: str) -> str:
-    path = os.path.join(workdir, "home")
-    os.makedirs(path)
-    return path
+    return pod_shared_dir(os.path.join(workdir, "home"))
 
 
 @pytest.fixture(scope="module")
 def cluster(workdir: str, home: str) -> Iterator[KubeCluster]:
-    tmp = os.path.join(workdir, "tmp")
-    os.makedirs(tmp)
+    tmp = pod_shared_dir(os.path.join(workdir, "tmp"))
     kube = KubeCluster(
         workdir,
         uts=uts_available(),
         image_entrypoints=IMAGE_ENTRYPOINTS,
+        image_users=CLUSTERHUB_IMAGE_USERS,
         base_env={
             "PATH": BIN + os.pathsep + os.environ["PATH"],
             "HOME": home,

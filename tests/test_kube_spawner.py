@@ -21,7 +21,12 @@ import requests
 from hubclient import BrowserUser, RunningPlatform, free_port, wait_until_healthy
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clusterhub.spawner.kubeobjects import make_namespace_name, space_labels  # noqa: E402
+from clusterhub.spawner.kubeobjects import (  # noqa: E402
+    make_namespace_name,
+    parse_quantity,
+    space_labels,
+)
+from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir  # noqa: E402
 from tests.kube.chart import ChartRbac, render_chart  # noqa: E402
 from tests.kube.fixtures import KubeCluster  # noqa: E402
 
@@ -188,10 +193,10 @@ class Kubectl:
 @pytest.fixture(scope="module")
 def cluster():
     workdir = tempfile.mkdtemp(prefix="kube-hub-")
-    home = os.path.join(workdir, "home")
-    os.makedirs(home)
+    home = pod_shared_dir(os.path.join(workdir, "home"))
     kube = KubeCluster(
         workdir,
+        image_users=CLUSTERHUB_IMAGE_USERS,
         base_env={"PATH": BIN + os.pathsep + os.environ["PATH"], "HOME": home},
     )
     try:
@@ -279,6 +284,16 @@ def test_two_users_each_get_a_namespace_and_a_working_notebook(hub, kubectl):
         assert [p["status"]["phase"] for p in pods] == ["Running"]
         assert pods[0]["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
         assert pods[0]["spec"]["serviceAccountName"] == "notebook"
+        # The profile's notebook size: guaranteed and limited, within the space's quota.
+        resources = pods[0]["spec"]["containers"][0]["resources"]
+        sizes = {
+            kind: {name: parse_quantity(value) for name, value in values.items()}
+            for kind, values in resources.items()
+        }
+        assert sizes == {
+            "requests": {"cpu": 0.5, "memory": 2**30},
+            "limits": {"cpu": 1, "memory": 2 * 2**30},
+        }
         # JupyterLab answers through the hub's proxy, from the process the kubelet runs.
         status = user.session.get(f"{hub.url}/user/{user.name}/api/status")
         assert status.status_code == 200
@@ -321,6 +336,21 @@ def test_stop_removes_the_namespace_and_its_processes(hub, kubectl):
     assert ns not in kubectl.namespaces()
     assert kubectl.get(f"/api/v1/namespaces/{ns}").status_code == 404
     assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def test_a_notebook_refused_by_a_quota_not_yet_counted_is_created_again(hub, kubectl):
+    # On a busy cluster the quota controller counts a new namespace's quota a few seconds
+    # late, and the API server refuses pods with "status unknown for quota" meanwhile.
+    hub.cluster.emulator.quota_sync_delay = 4.0
+    try:
+        user = spawn(hub, "racer", profile="dask")
+    finally:
+        hub.cluster.emulator.quota_sync_delay = 0.2
+    with open(os.path.join(hub.root, "hub.log"), errors="replace") as log:
+        assert "not counted yet; creating the pod again" in log.read()
+    ns = kubectl.space_of("racer")
+    assert [p["status"]["phase"] for p in kubectl.items("pods", ns)] == ["Running"]
+    user.stop_server(timeout=90)
 
 
 def test_bad_profile_creates_nothing(hub, kubectl):
@@ -439,3 +469,68 @@ def test_a_start_replaces_the_settings_a_kept_namespace_still_holds(hub, kubectl
     (quota,) = kubectl.items("resourcequotas", ns)
     assert quota["spec"] != stale and quota["spec"]["hard"]["pods"] != "1"
     user.stop_server(timeout=90)
+
+
+# Run in the notebook's kernel: who it is, and whether its home (a fresh disk) is its own.
+HOME_ON_A_DISK = """
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+path = "/home/jovyan/notes.txt"
+try:
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("kept")
+    answer = open(path).read()
+except OSError as exc:
+    answer = exc.strerror
+print(json.dumps({"uid": status["Uid"].split()[0], "groups": status["Groups"].split(),
+                  "home": answer, "group": os.stat("/home/jovyan").st_gid}))
+"""
+
+
+def test_the_notebook_user_owns_its_home_on_a_fresh_disk_and_keeps_it(cluster, hub, kubectl):
+    # With home storage each home is a PersistentVolumeClaim: a new cloud disk is root's
+    # (0755), and the image's user (1000) can only write it through the pod's fsGroup.
+    root = os.path.join(hub.root, "disk-hub")
+    os.makedirs(root)
+    disk_hub = RunningKubeHub(root, cluster, hub.kubeconfig)
+    with open(disk_hub.settings_file) as f:
+        settings = json.load(f)
+    settings["kubernetes"].update(hub_name="disk-hub", home_storage={"size": "1Gi"})
+    with open(disk_hub.settings_file, "w") as f:
+        json.dump(settings, f)
+    disk_hub.start()
+    ns = None
+    try:
+        user = spawn(disk_hub, "disky", profile="dask")
+        ns = kubectl.space_of("disky")
+        kernel = user.kernel()
+        try:
+            first = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
+        finally:
+            kernel.close()
+        assert first == {"uid": "1000", "groups": ["1000"], "home": "kept", "group": 1000}
+        (pod,) = kubectl.items("pods", ns)
+        assert pod["spec"]["securityContext"]["fsGroup"] == 1000
+
+        # Stopped, the namespace keeps only the claim; the next start finds the file.
+        user.stop_server(timeout=90)
+        assert kubectl.names("pods", ns) == set()
+        claims = kubectl.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims").json()["items"]
+        assert len(claims) == 1
+        user = spawn(disk_hub, "disky", profile="dask")
+        kernel = user.kernel()
+        try:
+            again = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
+        finally:
+            kernel.close()
+        assert again["home"] == "kept"
+        user.stop_server(timeout=90)
+    finally:
+        disk_hub.stop()
+        if ns is not None:
+            requests.delete(
+                f"{cluster.url}/api/v1/namespaces/{ns}",
+                headers={"Authorization": f"Bearer {cluster.token}"},
+                timeout=10,
+            )

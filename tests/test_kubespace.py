@@ -2,7 +2,13 @@ import kubernetes_validate
 import pytest
 
 from clusterhub.profiles import DEFAULT_PROFILES, validate_options, validate_profiles
-from clusterhub.spawner.kubespace import make_space_objects, notebook_limits_env, quota_for
+from clusterhub.spawner.kubeobjects import parse_quantity
+from clusterhub.spawner.kubespace import (
+    make_space_objects,
+    notebook_limits_env,
+    notebook_resources,
+    quota_for,
+)
 
 PROFILES = {p["slug"]: p for p in validate_profiles(DEFAULT_PROFILES)}
 
@@ -80,12 +86,49 @@ def test_spark_daemons_are_sized_to_their_pods():
 
 
 def test_the_quota_covers_notebook_and_every_engine_at_the_profiles_maxima():
-    # dask + spark, 4 workers of 2 cores and 4 GiB each, plus a coordinator per engine.
+    # dask + spark, 4 workers of 2 cores and 4 GiB each, plus a coordinator per engine, plus
+    # the notebook's limits (1 core, 3 GiB: the Spark driver's JVM runs in it).
     assert quota_for(PROFILES["dask-spark"]) == {
         "cpu_limit": "19",
-        "memory_limit": "36Gi",
+        "memory_limit": "37Gi",
         "max_pods": 11,
     }
+    small = validate_profiles(
+        [
+            {
+                "slug": "small",
+                "notebook": {
+                    "cpu": {"guarantee": 0.2, "limit": 0.5},
+                    "memory_gib": {"guarantee": 0.5, "limit": 1.5},
+                },
+                "workers": {"default": 1, "max": 1},
+                "worker_cores": {"default": 1, "max": 1},
+                "worker_memory_gib": {"default": 1, "max": 1},
+            }
+        ]
+    )[0]
+    # dask: coordinator 1 core + 1 GiB, one worker 1 core + 1 GiB
+    assert quota_for(small) == {"cpu_limit": "2500m", "memory_limit": "3584Mi", "max_pods": 3}
+
+
+def test_the_notebook_gets_the_profiles_guarantees_and_limits():
+    assert notebook_resources(PROFILES["dask"]) == {
+        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+    assert notebook_resources(PROFILES["dask-spark"]) == {
+        "requests": {"cpu": "500m", "memory": "1536Mi"},
+        "limits": {"cpu": "1", "memory": "3Gi"},
+    }
+
+
+def test_no_container_of_the_space_is_larger_than_the_limit_range_allows():
+    for slug in PROFILES:
+        (limits,) = [o for o in objects_for(slug) if o["kind"] == "LimitRange"]
+        largest = limits["spec"]["limits"][0]["max"]
+        notebook = notebook_resources(PROFILES[slug])["limits"]
+        assert parse_quantity(notebook["cpu"]) <= parse_quantity(largest["cpu"])
+        assert parse_quantity(notebook["memory"]) <= parse_quantity(largest["memory"])
 
 
 def test_notebooks_may_reach_both_gateway_ports():

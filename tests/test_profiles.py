@@ -81,6 +81,22 @@ def test_the_form_offers_every_profile_and_bounds_the_numbers():
             r"profiles\[0\].workers.default: must be a whole number from 0 to 4",
         ),
         (
+            [{"slug": "a", "notebook": {"gpu": {}}}],
+            r"profiles\[0\].notebook: must be a mapping with keys \['cpu', 'memory_gib'\]",
+        ),
+        (
+            [{"slug": "a", "notebook": {"cpu": {"limit": 0}}}],
+            r"profiles\[0\].notebook.cpu.limit: must be a number from 0.1 to 64, not 0",
+        ),
+        (
+            [{"slug": "a", "notebook": {"memory_gib": {"guarantee": 4, "limit": 2}}}],
+            r"profiles\[0\].notebook.memory_gib.guarantee: must be a number from 0.5 to 2, not 4",
+        ),
+        (
+            [{"slug": "a", "notebook": {"cpu": {"limit": "1"}}}],
+            r"profiles\[0\].notebook.cpu.limit: must be a number from 0.1 to 64, not '1'",
+        ),
+        (
             [{"slug": "a", "default": True}, {"slug": "b", "default": True}],
             "at most one profile may have default: true",
         ),
@@ -89,3 +105,12 @@ def test_the_form_offers_every_profile_and_bounds_the_numbers():
 def test_bad_profile_config_is_refused_with_the_key_named(profiles, message):
     with pytest.raises(ValueError, match=message):
         validate_profiles(profiles)
+
+
+def test_a_fenced_form_shows_each_profiles_memory_limit_with_the_notebooks_share():
+    profiles = validate_profiles(DEFAULT_PROFILES)
+    html = render_form(profiles, show_memory_limit=True)
+    # dask: notebook 2 GiB + 8 workers x 4 GiB; dask-spark: notebook 3 GiB + 2 x 4 x 4 GiB
+    assert "Memory limit: 34 GiB (notebook 2 GiB + up to 8 workers x 4 GiB" in html
+    assert "Memory limit: 35 GiB (notebook 3 GiB + up to 4 workers x 4 GiB" in html
+    assert "Memory limit" not in render_form(profiles)

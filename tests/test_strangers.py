@@ -38,6 +38,7 @@ PROFILES = [
         "description": "Dask, Spark and IPyParallel.",
         "default": True,
         "engines": ["spark", "ipyparallel"],
+        "notebook": {"memory_gib": {"guarantee": 0.5, "limit": 1}},
         "workers": {"default": 1, "max": 4},
         "worker_cores": {"default": 1, "max": 1},
         "worker_memory_gib": {"default": 1, "max": 1},
@@ -47,6 +48,7 @@ PROFILES = [
         "display_name": "Small",
         "description": "Dask only, one small worker.",
         "engines": [],
+        "notebook": {"memory_gib": {"guarantee": 0.5, "limit": 1}},
         "workers": {"default": 1, "max": 1},
         "worker_cores": {"default": 1, "max": 1},
         "worker_memory_gib": {"default": 1, "max": 1},
@@ -54,7 +56,6 @@ PROFILES = [
 ]
 CONFIG = f"""
 c.LocalSpaceSpawner.profiles = {PROFILES!r}
-c.LocalSpaceSpawner.notebook_memory_gib = 1
 c.LocalSpaceSpawner.pids_max = 1024
 """
 

@@ -22,6 +22,7 @@ that may run from elsewhere can prepend the root to ``sys.path`` before importin
 """
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -37,11 +38,25 @@ __all__ = [
     "StandInUser",
     "busy_ports",
     "kube_options",
+    "pod_shared_dir",
     "wait_for",
     "wait_for_async",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The user of the clusterhub images (images/base: jovyan, 1000:1000), as the process-kubelet
+# needs to know it: a container without runAsUser runs as its image's USER.
+CLUSTERHUB_IMAGE_USERS = {"notebook:test": "1000:1000", "cluster:test": "1000:1000"}
+
+
+def pod_shared_dir(path: str | os.PathLike[str]) -> str:
+    """A directory every pod may write whichever user it runs as (mode 1777, as /tmp): for the
+    HOME, scratch and temporary directories a test hands its pods. Its parents must let
+    others pass (a cluster's workdir does; pytest's own temporary directories do not)."""
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o1777)
+    return os.fspath(path)
 
 
 def kube_options(**options: Any) -> Callable[[F], F]:

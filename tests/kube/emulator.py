@@ -94,6 +94,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from . import admission
 from .rbac import (
     ADMIN,
     Identity,
@@ -333,6 +334,9 @@ SERVICE_ACCOUNTS = _BY_KEY["/serviceaccounts"]
 SERVICEACCOUNTS = _BY_KEY["/serviceaccounts"]
 DEPLOYMENTS = _BY_KEY["apps/deployments"]
 REPLICASETS = _BY_KEY["apps/replicasets"]
+CLAIMS = _BY_KEY["/persistentvolumeclaims"]
+QUOTAS = _BY_KEY["/resourcequotas"]
+LIMIT_RANGES = _BY_KEY["/limitranges"]
 
 # Field labels the real server accepts per resource (besides metadata.name/namespace).
 _FIELD_LABELS: dict[str, set[str]] = {
@@ -863,6 +867,21 @@ def apply_patch(obj: Obj, body: Any, content_type: str) -> Obj:
 
 def _default_container(c: Obj) -> None:
     c.setdefault("terminationMessagePath", "/dev/termination-log")
+    # Quantities come back in canonical form ("1", "500m", "2Gi"), numbers too; a resource
+    # with a limit and no request is requested at its limit.
+    resources = c.get("resources") or {}
+    for kind in ("limits", "requests"):
+        values = resources.get(kind)
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if isinstance(value, str) and value[-1:] in ("k", "M", "G", "T"):
+                    continue  # decimal units keep their spelling
+                try:
+                    values[name] = admission.spell(name, admission.quantity(value))
+                except ValueError:
+                    pass  # left for validation to refuse
+    for name, limit in (resources.get("limits") or {}).items():
+        resources.setdefault("requests", {}).setdefault(name, limit)
     c.setdefault("terminationMessagePolicy", "File")
     image = c.get("image") or ""
     tag = image.rsplit("/", 1)[-1]
@@ -958,8 +977,12 @@ class KubeEmulator:
         *,
         token: str | None = None,
         history_limit: int = 20000,
+        quota_sync_delay: float = 0.2,
     ) -> None:
         self.workdir = Path(workdir)
+        # Seconds before the quota controller first counts a new ResourceQuota; until then
+        # admission refuses what it covers ("status unknown for quota"), as on a cluster.
+        self.quota_sync_delay = quota_sync_delay
         self.token = token or secrets.token_hex(16)
         # Bearer tokens: the harness's admin token (system:masters), and one per
         # ServiceAccount issued through the TokenRequest API (serviceaccounts/token).
@@ -988,6 +1011,7 @@ class KubeEmulator:
 
     def start(self) -> KubeEmulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o700)  # the admin kubeconfig: never for a pod's user to read
         self._bg.start()
         port = self._bg.run(self._start())
         self.url = f"http://127.0.0.1:{port}"
@@ -1150,6 +1174,8 @@ class KubeEmulator:
                         self._collect_garbage()
                     elif key[0] == "nsinit":
                         self._init_namespace(key[1])
+                    elif key[0] == "quota":
+                        self._count_quota(key[1], key[2])
                 except Exception:
                     log.exception("controller %s failed", key)
         if self._pending:
@@ -1158,6 +1184,15 @@ class KubeEmulator:
     def _on_change(self, rt: ResourceType, ev: _Event) -> None:
         meta = ev.obj["metadata"]
         ns = meta.get("namespace", "")
+        if rt is QUOTAS and ev.type != "DELETED":
+            old_spec = (ev.old or {}).get("spec") if ev.old is not None else None
+            if ev.type == "ADDED" or old_spec != ev.obj.get("spec"):
+                # The quota controller counts a new or changed quota a moment later.
+                asyncio.get_running_loop().call_later(
+                    self.quota_sync_delay, self._schedule, ("quota", ns, meta["name"])
+                )
+        elif rt in (PODS, SERVICES, CLAIMS):
+            self._count_quotas(ns)
         if rt is NAMESPACES and ev.type == "ADDED":
             self._schedule(("nsinit", meta["name"]))
         elif rt is DEPLOYMENTS:
@@ -1280,6 +1315,7 @@ class KubeEmulator:
             if errors:
                 raise invalid(rt, name, errors)
             default_pod_spec(spec)
+            self._admit(rt, obj)
             obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
         elif rt is SERVICES:
             spec = obj.setdefault("spec", {})
@@ -1299,14 +1335,16 @@ class KubeEmulator:
                 p.setdefault("protocol", "TCP")
                 p.setdefault("targetPort", p.get("port"))
             obj["status"] = {"loadBalancer": {}}
+            self._admit(rt, obj)
         elif rt is SECRETS:
             self._normalise_secret(obj)
         elif rt in (DEPLOYMENTS, REPLICASETS):
             self._validate_workload(rt, obj)
             meta["generation"] = 1
-        elif rt.plural == "persistentvolumeclaims":
+        elif rt is CLAIMS:
             obj.setdefault("spec", {}).setdefault("volumeMode", "Filesystem")
             obj["status"] = {"phase": "Pending"}
+            self._admit(rt, obj)
 
     def _normalise_secret(self, obj: Obj) -> None:
         name = obj["metadata"]["name"]
@@ -1927,6 +1965,78 @@ class KubeEmulator:
         self._commit(DEPLOYMENTS, upd, "MODIFIED", d)
         log.debug("deployment %s status %s", name, status)
 
+    def _record_event(self, obj: Obj, etype: str, reason: str, message: str) -> None:
+        """An Event about ``obj`` from a built-in controller."""
+        meta = obj["metadata"]
+        stamp = now_iso()
+        try:
+            self._create(
+                _BY_KEY["/events"],
+                meta["namespace"],
+                {
+                    "metadata": {"generateName": f"{meta['name']}."},
+                    "involvedObject": {
+                        "apiVersion": obj.get("apiVersion", ""),
+                        "kind": obj.get("kind", ""),
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "uid": meta["uid"],
+                    },
+                    "type": etype,
+                    "reason": reason,
+                    "message": message,
+                    "count": 1,
+                    "firstTimestamp": stamp,
+                    "lastTimestamp": stamp,
+                    "source": {"component": "replicaset-controller"},
+                },
+            )
+        except ApiError:
+            pass  # a terminating namespace takes no events
+
+    # ---------------------------------------------------------------- quotas
+
+    def _usage(self, ns: str) -> dict[str, float]:
+        return admission.namespace_usage(
+            self._objects_in(PODS, ns), self._objects_in(SERVICES, ns), self._objects_in(CLAIMS, ns)
+        )
+
+    def _count_quota(self, ns: str, name: str) -> None:
+        """The quota controller: ``status`` = hard as specified, and what the namespace uses."""
+        quota = self._get_obj(QUOTAS, ns, name)
+        if quota is None or quota["metadata"].get("deletionTimestamp"):
+            return
+        status = admission.quota_status(quota, self._usage(ns))
+        if status != quota.get("status"):
+            upd = copy.deepcopy(quota)
+            upd["status"] = status
+            self._commit(QUOTAS, upd, "MODIFIED", quota)
+
+    def _count_quotas(self, ns: str) -> None:
+        """Usage changed: recount every quota the controller has counted before (admission
+        updates it with each object it lets in; deletions free it again)."""
+        for quota in self._objects_in(QUOTAS, ns):
+            if (quota.get("status") or {}).get("hard"):
+                self._count_quota(ns, quota["metadata"]["name"])
+
+    def _admit(self, rt: ResourceType, obj: Obj) -> None:
+        """LimitRanger, then ResourceQuota, for a new pod, Service or claim."""
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        spec = obj.get("spec") or {}
+        try:
+            if rt is PODS:
+                admission.apply_limit_ranges(spec, self._objects_in(LIMIT_RANGES, ns))
+                request = admission.pod_usage(spec)
+            elif rt is SERVICES:
+                request = admission.service_usage(spec)
+            else:
+                request = admission.claim_usage(spec)
+            admission.admit(self._objects_in(QUOTAS, ns), request, spec if rt is PODS else None)
+        except admission.Refused as refused:
+            raise forbidden(rt, name, str(refused)) from None
+        except ValueError as exc:
+            raise invalid(rt, name, [("spec", str(exc))]) from None
+
     def _reconcile_replicaset(self, ns: str, name: str) -> None:
         rs = self._get_obj(REPLICASETS, ns, name)
         if rs is None or rs["metadata"].get("deletionTimestamp"):
@@ -1969,7 +2079,11 @@ class KubeEmulator:
                 try:
                     self._create(PODS, ns, body)
                 except ApiError as exc:
-                    log.warning("replicaset %s/%s: creating pod failed: %s", ns, name, exc)
+                    # As the real controller: an event, and another try after a back-off
+                    # (a quota may be counted, or freed, meanwhile).
+                    log.info("replicaset %s/%s: creating pod failed: %s", ns, name, exc)
+                    self._record_event(rs, "Warning", "FailedCreate", f"Error creating: {exc}")
+                    asyncio.get_running_loop().call_later(1.0, self._schedule, ("rs", ns, name))
                     break
         elif len(active) > desired:
             phase_rank = {"Pending": 0, "Unknown": 1, "Running": 2}

@@ -46,6 +46,7 @@ class KubeCluster:
         uts: bool = False,
         service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
+        image_users: dict[str, int | str] | None = None,
         base_env: dict[str, str] | None = None,
         node_name: str = "process-node",
     ) -> None:
@@ -57,6 +58,7 @@ class KubeCluster:
                 "uts": uts,
                 "service_dns": service_dns,
                 "image_entrypoints": image_entrypoints,
+                "image_users": image_users,
                 "base_env": base_env,
                 "node_name": node_name,
             }
@@ -83,6 +85,9 @@ class KubeCluster:
         self.emulator.reset_request_counts()
 
     def start(self) -> KubeCluster:
+        # Pods that run as a user of their own pass through to the kubelet's directory.
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o711)
         self.emulator.start()
         try:
             if self._kubelet_options is not None:
@@ -149,14 +154,17 @@ def kube_api(
     if options.get("uts") and not uts_available():
         pytest.skip("unshare --uts needs root and util-linux")
     workdir = tempfile.mkdtemp(prefix="kube-api-")
-    cluster = KubeCluster(workdir, **options)
+    cluster = None
     try:
+        # (inside: bad options must not leave the directory behind either)
+        cluster = KubeCluster(workdir, **options)
         cluster.start()
         use_kubeconfig(cluster.kubeconfig, monkeypatch)
         yield cluster
     finally:
         try:
-            cluster.stop()
+            if cluster is not None:
+                cluster.stop()
         finally:
             _reset_client_globals()
             shutil.rmtree(workdir, ignore_errors=True)

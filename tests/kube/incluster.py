@@ -127,7 +127,7 @@ class ApiTlsFront:
 
     def _server_context(self) -> ssl.SSLContext:
         self.ca_pem, cert_pem, key_pem = make_certificates(self.host)
-        os.makedirs(self.workdir, exist_ok=True)
+        os.makedirs(self.workdir, mode=0o700, exist_ok=True)
         cert_file = os.path.join(self.workdir, "apiserver.crt")
         key_file = os.path.join(self.workdir, "apiserver.key")
         with open(cert_file, "wb") as f:

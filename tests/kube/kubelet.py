@@ -47,8 +47,18 @@ as a real process, then reports status through ``pods/<name>/status``.
   ``/etc/clusterhub/...``) is created inside the pod only: its deepest existing ancestor gets
   a copy-on-write overlay (tmpfs upper layer, the ancestor's own submounts bound back), so the
   machine's filesystem is never touched. Contents are written at each container start, not
-  refreshed while it runs. Other volume kinds (PVCs, projected, downward API) are not
-  mounted: their mountPath shows the machine's filesystem.
+  refreshed while it runs. A ``persistentVolumeClaim`` of an existing claim is a disk of
+  its own (a directory per claim), empty and owned by root with mode 0755 the first time, as
+  a freshly formatted cloud disk; it outlives its pods. Other volume kinds (projected,
+  downward API) are not mounted: their mountPath shows the machine's filesystem.
+* Users (``podsecurity.py``): each container runs as its ``runAsUser``/``runAsGroup``
+  (container over pod over the image's USER from ``image_users``; unmapped images run as
+  root) with ``fsGroup`` and ``supplementalGroups`` as supplementary groups, through
+  ``setpriv`` after the namespace setup. ``runAsNonRoot`` with root refuses the container
+  (CreateContainerConfigError, the real message). With ``fsGroup`` every volume but a
+  hostPath belongs to that group at each container start (group read, and write unless it
+  is a Secret, ConfigMap or token; set-group-ID directories). HOME and TMPDIR are shared by
+  the pod's containers (mode 1777).
 * Init containers run to completion in order; then the containers start. Readiness probes
   (tcpSocket, httpGet, exec) gate ``ready``; without one a running container is ready. exec
   probes run inside the container's mount (and UTS) namespace, through ``nsenter``.
@@ -71,13 +81,14 @@ as a real process, then reports status through ``pods/<name>/status``.
   the API server that this kubelet runs, and, unless ``automountServiceAccountToken`` is
   false (pod first, then its ServiceAccount), ``token``, ``ca.crt`` and ``namespace`` mounted
   read-only at ``/var/run/secrets/kubernetes.io/serviceaccount`` (mount namespaces needed), so
-  ``load_incluster_config()`` works in a pod. The token is the API server's one token: the
-  emulator does not authorise by ServiceAccount.
+  ``load_incluster_config()`` works in a pod. The token is the pod's own ServiceAccount's,
+  from the TokenRequest API: a pod may do what RBAC grants its account.
 
 Not emulated: images (nothing is pulled; the host's filesystem is the container's, apart from
-the mounts above), volume kinds other than the four above, workingDir, securityContext/users,
-resource limits, liveness and startup probes, lifecycle hooks, network isolation between pods,
-per-ServiceAccount tokens.
+the mounts above), volume kinds other than the five above, workingDir, capabilities and
+seccomp (a container that changes user loses every capability, one that runs as root keeps
+them), resource limits, liveness and startup probes, lifecycle hooks, network isolation
+between pods.
 """
 
 from __future__ import annotations
@@ -110,6 +121,14 @@ from aiohttp import web
 
 from .emulator import BackgroundLoop, Obj, now_iso
 from .incluster import SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_VOLUME, ApiTlsFront, automount_token
+from .podsecurity import (
+    Identity,
+    RunAsRefused,
+    closed_ancestor,
+    container_identity,
+    new_disk,
+    set_volume_ownership,
+)
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +392,10 @@ class _PodWorker:
         try:
             if not self._terminating():
                 (self.work / "tmp").mkdir(parents=True, exist_ok=True)
+                # HOME and TMPDIR of every container, whichever user each runs as (the
+                # image's home and /tmp, in a real runtime).
+                for place in (self.work, self.work / "tmp"):
+                    place.chmod(0o1777)
                 supervisor = asyncio.get_running_loop().create_task(self._supervise())
             while not self._terminating():
                 if self.dirty:
@@ -515,6 +538,7 @@ class _PodWorker:
 
     async def _start(self, c: _Container) -> bool:
         try:
+            identity = self._identity(c)
             volumes = await self._prepare_volumes()
             env, pod_env = await self._environment(c)
             wrapper = self._wrapper(c, volumes)
@@ -539,7 +563,7 @@ class _PodWorker:
             }
             self.mark_dirty()
             return False
-        argv = [*wrapper, *argv]
+        argv = [*wrapper, *identity.setpriv(_tool("setpriv")), *argv]
         c.tag = f"{self.k.tag_prefix}{self.uid}/{c.name}/{c.restart_count + (c.proc is not None)}"
         env[TAG_VARIABLE] = c.tag
         if c.log_path.exists():
@@ -651,29 +675,72 @@ class _PodWorker:
             with open(self.hosts_path, "wb") as f:
                 f.write(data)
 
+    def _identity(self, c: _Container) -> Identity:
+        try:
+            identity = container_identity(self.pod, c.spec, self.k.image_users)
+        except RunAsRefused as exc:
+            raise _ConfigError(str(exc)) from None
+        closed = None if identity.is_plain_root else closed_ancestor(self.dir)
+        if closed is not None:
+            # (a test set-up mistake, not something a cluster does)
+            raise _ConfigError(
+                f"process-kubelet: {closed} is closed to other users, so a container running "
+                f"as uid {identity.uid} cannot reach its pod's directory {self.dir}; give the "
+                "kubelet a workdir others can pass through"
+            )
+        return identity
+
     async def _prepare_volumes(self) -> dict[str, Path]:
-        """Materialise the pod's emulated volumes: volume name -> directory on this machine."""
+        """Materialise the pod's emulated volumes: volume name -> directory on this machine.
+        With the pod's ``fsGroup`` each volume but a hostPath is then owned by that group."""
         if not self.k.mount_ns:
             return {}
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
         result: dict[str, Path] = {}
+        read_only: set[str] = set()
+        host_paths: set[str] = set()  # the node's own directories: never changed
         for vol in self.pod["spec"].get("volumes") or []:
             name = vol["name"]
             target = self.volumes_dir / name
             if "hostPath" in vol:
                 result[name] = Path(vol["hostPath"]["path"])
+                host_paths.add(name)
             elif "emptyDir" in vol:
-                target.mkdir(parents=True, exist_ok=True)  # kept across container restarts
+                if not target.exists():  # kept across container restarts
+                    target.mkdir(parents=True)
+                    target.chmod(0o777)  # as a real kubelet makes it
                 result[name] = target
+            elif "persistentVolumeClaim" in vol:
+                result[name] = await self._claimed_disk(name, vol["persistentVolumeClaim"])
             elif "secret" in vol or "configMap" in vol:
                 files = await self._volume_files(name, vol)
                 self._write_volume(target, files, vol)
                 result[name] = target
+                read_only.add(name)
         account = await self._service_account_files()
         if account is not None:
             target = self.volumes_dir / SERVICE_ACCOUNT_VOLUME
             self._write_volume(target, account, {"secret": {"defaultMode": 0o644}})
             result[SERVICE_ACCOUNT_VOLUME] = target
+            read_only.add(SERVICE_ACCOUNT_VOLUME)
+        if fs_group is not None:
+            for name, path in result.items():
+                if name not in host_paths:
+                    set_volume_ownership(path, int(fs_group), name in read_only)
         return result
+
+    async def _claimed_disk(self, name: str, source: Obj) -> Path:
+        """The disk behind a PersistentVolumeClaim: one directory per claim (by its uid), new
+        and owned by root, mode 0755, the first time a pod mounts it, as a freshly formatted
+        cloud disk is; kept for the next pod until the kubelet stops."""
+        claim = source.get("claimName", "")
+        obj = await self.k._get_json(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim}")
+        if obj is None:
+            raise _MountError(
+                f'MountVolume.SetUp failed for volume "{name}" : '
+                f'persistentvolumeclaim "{claim}" not found'
+            )
+        return new_disk(self.k.workdir / "disks" / obj["metadata"]["uid"])
 
     async def _service_account_files(self) -> dict[str, bytes] | None:
         """The projected token volume's files, or None when the pod opts out."""
@@ -1033,6 +1100,7 @@ class _PodWorker:
                         return 200 <= r.status < 400
             if "exec" in probe:
                 argv = probe["exec"].get("command") or []
+                argv = [*self._identity(c).setpriv(_tool("setpriv")), *argv]
                 if self.k.mount_ns and c.proc is not None:
                     # Run the probe where the container runs: its hosts file and mounts.
                     ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
@@ -1133,6 +1201,7 @@ class ProcessKubelet:
         uts: bool = False,
         service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
+        image_users: dict[str, int | str] | None = None,
         base_env: dict[str, str] | None = None,
         max_grace_seconds: float = 5.0,
         max_probe_period: float = 1.0,
@@ -1147,6 +1216,8 @@ class ProcessKubelet:
         self._services: dict[tuple[str, str], Obj] = {}
         self._services_synced = asyncio.Event()
         self.image_entrypoints = dict(image_entrypoints or {})
+        # image -> its Dockerfile USER ("1000" or "1000:1000"); unmapped images run as root
+        self.image_users = dict(image_users or {})
         self.base_env = dict(base_env or {})
         self.max_grace_seconds = max_grace_seconds
         self.max_probe_period = max_probe_period
@@ -1174,6 +1245,8 @@ class ProcessKubelet:
 
     def start(self) -> ProcessKubelet:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Containers that run as another user pass through to their pod's directory.
+        self.workdir.chmod(0o711)
         self.mount_ns = mount_namespaces_work()
         if self.service_dns and not self.mount_ns:
             log.warning(

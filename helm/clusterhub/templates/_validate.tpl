@@ -87,6 +87,11 @@ Included once, from hub-secret.yaml (always rendered).
 {{- end -}}
 {{- $_ := set $slugs $p.slug true -}}
 {{- if $p.default -}}{{- $defaults = add1 $defaults -}}{{- end -}}
+{{- range $field, $b := ($p.notebook | default dict) -}}
+{{- if and (hasKey $b "guarantee") (hasKey $b "limit") (gt (float64 $b.guarantee) (float64 $b.limit)) -}}
+{{- fail (printf "%s.notebook.%s.guarantee (%v) exceeds %s.notebook.%s.limit (%v)" $where $field $b.guarantee $where $field $b.limit) -}}
+{{- end -}}
+{{- end -}}
 {{- range $field := list "workers" "worker_cores" "worker_memory_gib" -}}
 {{- $b := index $p $field -}}
 {{- if gt (int $b.default) (int $b.max) -}}
