@@ -79,6 +79,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def reserve(port: int) -> None:
+    """Never hand out ``port``: one the user named (``--port``), which is free until its
+    program binds it, and must not become the hub's or the gateway's meanwhile."""
+    _handed_out.add(port)
+
+
 def port_is_free(host: str, port: int) -> bool:
     """Whether ``host:port`` can be bound now (an empty host means all interfaces)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -28,7 +28,7 @@ from . import procs
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
-from .ports import chosen_range, free_port, port_is_free
+from .ports import chosen_range, free_port, port_is_free, reserve
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
 
@@ -339,6 +339,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
             f"port {args.port} on {where} is in use: stop what uses it, or choose another "
             "with --port"
         )
+    reserve(args.port)  # free now, the proxy's later: never one of the ports chosen below
     user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
     if user_accounts:
         check_shared_install()

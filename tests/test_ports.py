@@ -45,3 +45,16 @@ def test_a_configured_range_is_where_every_port_comes_from(monkeypatch):
     monkeypatch.setenv(PORT_RANGE_ENV, "lots")
     with pytest.raises(ValueError, match="is not LOW-HIGH"):
         chosen_range()
+
+
+def test_a_port_the_user_named_is_never_chosen_for_anything_else(monkeypatch):
+    # `clusterhub up --port P` chooses the hub's, proxy API's and gateway's ports before the
+    # proxy binds P: P must not be one of them (the hub and proxy would then share a port).
+    from clusterhub import ports
+
+    low = 29900
+    monkeypatch.setenv(PORT_RANGE_ENV, f"{low}-{low + 6}")
+    monkeypatch.setattr(ports, "_handed_out", set())
+    ports.reserve(low)
+    chosen = {free_port() for _ in range(6)}
+    assert chosen == set(range(low + 1, low + 7))
