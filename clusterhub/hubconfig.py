@@ -13,7 +13,9 @@ namespace. The ``kubernetes`` settings (written by the chart from its values):
 ``home_storage``
 (``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
 ``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
-``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway).
+``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway),
+``space_roles`` (``hub``/``gateway``: ``cluster_role``, ``service_account``; what the hub
+binds in each user's namespace).
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     if kube.get("profiles"):
         spawner.profiles = kube["profiles"]
     spawner.network_allow = dict(kube.get("network_policy", {}))
+    spawner.space_roles = dict(kube.get("space_roles") or {})
     spawner.kube_api_cidrs = list(kube.get("kube_api_cidrs") or [])
     # Every user pod on the users' nodes: the notebook (KubeSpawner's own traits) and, through
     # the spawner, the engines.

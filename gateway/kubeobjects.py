@@ -44,19 +44,21 @@ SCHEDULER_PORTS: dict[str, int] = {
 }
 
 
-#: What the gateway's ServiceAccount may do (a ClusterRole: user namespaces come and go). Pods
-#: are watched in all namespaces (one watch for all clusters); Services and Secrets are only
-#: created and deleted, never read back (no list/watch on Secrets); namespaces are only read,
-#: to tell "the user's server stopped" from "the scheduler failed". The Helm chart's
-#: gateway ClusterRole must equal this (tests/test_helm.py checks).
-GATEWAY_RBAC_RULES: list[dict[str, Any]] = [
-    {
-        "apiGroups": [""],
-        "resources": ["pods"],
-        "verbs": ["create", "delete", "get", "list", "watch"],
-    },
-    {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "delete"]},
+#: What the gateway's ServiceAccount may do everywhere (a ClusterRole bound cluster-wide):
+#: read pods (one watch for all clusters) and namespaces (to tell "the user's server
+#: stopped" from "the scheduler failed"). Nothing it may write.
+GATEWAY_CLUSTER_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+]
+
+#: What it may do in a user's namespace, where the hub binds these rules for it when it makes
+#: the space: make and remove a cluster's pods, its Service and its TLS Secret. Secrets are
+#: never read back (no get/list/watch). The Helm chart renders both lists from
+#: helm/clusterhub/files/rbac-rules.json (helm/generate_rbac.py; tests/test_helm.py checks).
+GATEWAY_SPACE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
+    {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "delete"]},
 ]
 
 

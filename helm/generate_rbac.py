@@ -1,8 +1,10 @@
-"""Write the hub's ClusterRole rules for the Helm chart from the Python data.
+"""Write the platform's RBAC rules for the Helm chart from the Python data.
 
-The rules live in one place, ``clusterhub.spawner.kubeobjects.HUB_RBAC_RULES``; the chart's
-ClusterRole template reads ``clusterhub/files/hub-rbac-rules.json`` (``.Files.Get`` +
-``fromJson``), which this script writes. Run it after changing the rules:
+The rules live in one place, ``clusterhub.spawner.kubeobjects`` (the hub's: cluster-wide, in
+each user's namespace, in its own namespace) and ``clusterhub.gateway.kubeobjects`` (the
+gateway's: cluster-wide, in each user's namespace); the chart's RBAC templates read
+``clusterhub/files/rbac-rules.json`` (``.Files.Get`` + ``fromJson``), which this script
+writes. Run it after changing the rules:
 
     python helm/generate_rbac.py           # rewrite the file
     python helm/generate_rbac.py --check   # exit 1 if the file is out of date
@@ -17,14 +19,26 @@ import json
 import sys
 from pathlib import Path
 
-RULES_FILE = Path(__file__).resolve().parent / "clusterhub" / "files" / "hub-rbac-rules.json"
+RULES_FILE = Path(__file__).resolve().parent / "clusterhub" / "files" / "rbac-rules.json"
+
+
+def rules() -> dict[str, list]:
+    """Every rule list the chart renders, by the key its templates read."""
+    from clusterhub.gateway import kubeobjects as gateway
+    from clusterhub.spawner import kubeobjects as hub
+
+    return {
+        "hubCluster": hub.HUB_CLUSTER_RULES,
+        "hubSpace": hub.HUB_SPACE_RULES,
+        "hubHome": hub.HUB_HOME_RULES,
+        "gatewayCluster": gateway.GATEWAY_CLUSTER_RULES,
+        "gatewaySpace": gateway.GATEWAY_SPACE_RULES,
+    }
 
 
 def render() -> str:
     """The file's exact content: the rules as indented JSON with a trailing newline."""
-    from clusterhub.spawner.kubeobjects import HUB_RBAC_RULES
-
-    return json.dumps(HUB_RBAC_RULES, indent=2) + "\n"
+    return json.dumps(rules(), indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

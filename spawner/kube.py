@@ -12,6 +12,7 @@ server, including Dask clusters the gateway put there.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import secrets
 import time
@@ -26,7 +27,7 @@ from kubernetes_asyncio.client import (
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
 from tornado import web
-from traitlets import Bool, Dict, Float, List, Unicode, default
+from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, validate
 
 import clusterhub
 
@@ -135,6 +136,30 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
         the API server is not a pod and no selector can name it.""",
     )
 
+    space_roles = Dict(
+        config=True,
+        help="""The rights the hub and the gateway get in each user's namespace: for ``hub``
+        and ``gateway``, ``{"cluster_role": NAME, "service_account": NAME}`` (a ClusterRole
+        and a ServiceAccount of the hub's namespace). The hub binds them there first thing
+        after making the namespace, so neither needs those rights cluster-wide (the Helm
+        chart sets this). Empty: no bindings, for a hub that was given the rights otherwise.""",
+    )
+
+    @validate("space_roles")
+    def _validate_space_roles(self, proposal):
+        roles = proposal.value
+        for purpose, role in roles.items():
+            if purpose not in k.SPACE_BINDINGS or not isinstance(role, dict):
+                raise TraitError(
+                    f"space_roles: keys must be {sorted(k.SPACE_BINDINGS)} with "
+                    f"{{'cluster_role': ..., 'service_account': ...}}, not {purpose!r}: {role!r}"
+                )
+            if set(role) != {"cluster_role", "service_account"}:
+                raise TraitError(
+                    f"space_roles.{purpose}: needs exactly 'cluster_role' and 'service_account'"
+                )
+        return roles
+
     delete_namespace_on_stop = Bool(
         True,
         config=True,
@@ -160,7 +185,8 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
     namespace_delete_timeout = Float(
         300.0,
         config=True,
-        help="Seconds stop() waits for the user's namespace to be gone.",
+        help="""Seconds stop() waits for the user's namespace to be gone, and a new start for
+        a previous one still terminating (before start_timeout begins).""",
     )
 
     @default("enable_user_namespaces")
@@ -348,8 +374,37 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             await asyncio.sleep(0.5)
         return False
 
+    async def run_pre_spawn_hook(self):
+        # JupyterHub times start() alone (start_timeout); a previous namespace of this user
+        # that is still terminating is waited out here, before it, so that a slow deletion
+        # does not eat the new server's start budget. Then the configured hook, if any.
+        await self._wait_out_previous_namespace()
+        result = super().run_pre_spawn_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    async def _wait_out_previous_namespace(self) -> None:
+        core = self._api(CoreV1Api)
+        try:
+            existing = await self._request(core.read_namespace(self.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        if existing.status.phase != "Terminating":
+            return
+        self._check_namespace_is_ours(existing.metadata.labels or {})
+        self.log.info("Waiting for %s's previous namespace to be gone", self.user.name)
+        if not await self._wait_namespace_gone(self.namespace_delete_timeout):
+            raise TimeoutError(
+                f"namespace {self.namespace} is still terminating after "
+                f"{self.namespace_delete_timeout:.0f} s; check its finalizers "
+                f"(kubectl get namespace {self.namespace} -o yaml)"
+            )
+
     async def _ensure_namespace(self):
-        """Create the namespace; wait out a previous one that is still terminating."""
+        """Create the namespace (a previous one that is still terminating, as when it began
+        terminating after the pre-spawn wait, is waited out here too)."""
         core = self._api(CoreV1Api)
         body = k.make_namespace(
             self.namespace,
@@ -407,6 +462,7 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             ipyparallel_key=secrets.token_hex(32),
             # The engines pull the cluster image as the notebook pulls its own.
             image_pull_secrets=k.pull_secret_names(self.image_pull_secrets),
+            space_roles=self.space_roles,
         )
         for obj in objects:
             await self._create_or_keep(obj)
@@ -496,6 +552,10 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
                 getattr(api, f"list_namespaced_{suffix}")(self.namespace, label_selector=label)
             )
             for item in listed.items:
+                if kind == "RoleBinding" and item.metadata.name in k.SPACE_BINDINGS.values():
+                    # The hub's and the gateway's rights here: kept with the namespace (the
+                    # hub's own is what lets it delete the rest, and the namespace later).
+                    continue
                 try:
                     await self._request(
                         getattr(api, f"delete_namespaced_{suffix}")(

@@ -55,7 +55,10 @@ __all__ = [
     "ENGINE_ROLES",
     "GATEWAY_PORTS",
     "HUB_API_PORT",
-    "HUB_RBAC_RULES",
+    "HUB_CLUSTER_RULES",
+    "HUB_HOME_RULES",
+    "HUB_SPACE_RULES",
+    "SPACE_BINDINGS",
     "IPYPARALLEL_CLIENT_FILE",
     "IPYPARALLEL_ENGINE_FILE",
     "IPYPARALLEL_MOUNT_PATH",
@@ -71,8 +74,10 @@ __all__ = [
     "label_value",
     "make_engine_deployment",
     "make_engine_service",
+    "hub_cluster_rules",
     "make_hub_cluster_role",
     "make_hub_cluster_role_binding",
+    "make_space_role_binding",
     "make_ipyparallel_connection_files",
     "make_ipyparallel_notebook_volume",
     "make_ipyparallel_secret",
@@ -875,14 +880,28 @@ NOTEBOOK_ROLE_RULES: list[dict[str, Any]] = [
 
 _CRUD = ["create", "delete", "get", "list", "watch"]
 
-#: The hub's ClusterRole. Bound cluster-wide because user namespaces are created on the fly;
-#: the hub only acts on namespaces labelled with its own hub name (RBAC cannot express that).
-#: No ``escalate``/``bind`` verbs: the API server lets a subject create a Role only if it
-#: already holds every permission in it (RBAC escalation prevention), so this list must
-#: cover NOTEBOOK_ROLE_RULES - that is why the hub gets patch/update on deployments (the
-#: tests check the inclusion). No cluster-scoped rights besides namespaces.
-HUB_RBAC_RULES: list[dict[str, Any]] = [
+RBAC_GROUP = "rbac.authorization.k8s.io"
+#: The RoleBindings that give the hub and the gateway their rights in a user's namespace,
+#: by purpose (the keys of the spawner's ``space_roles``).
+SPACE_BINDINGS = {"hub": "clusterhub-hub", "gateway": "clusterhub-dask-gateway"}
+
+#: What the hub may do in every namespace (a ClusterRole bound cluster-wide): make and remove
+#: users' namespaces, watch pods and events in all of them (KubeSpawner's one reflector per
+#: kind), and create RoleBindings, of which the API server only lets it create those of
+#: roles it holds or may ``bind`` (:func:`hub_cluster_rules` adds the two space roles). No
+#: Secrets, no pods, no Deployments anywhere: those rights exist only inside the spaces it
+#: binds :data:`HUB_SPACE_RULES` in.
+HUB_CLUSTER_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": list(_CRUD)},
+    {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [RBAC_GROUP], "resources": ["rolebindings"], "verbs": ["create"]},
+]
+
+#: What the hub may do inside a user's namespace: a ClusterRole it binds there, first thing
+#: after making the namespace (a RoleBinding, see :func:`make_space_role_binding`). It must
+#: cover NOTEBOOK_ROLE_RULES: the API server lets a subject create a Role only with
+#: permissions it holds (RBAC escalation prevention; the tests check the inclusion).
+HUB_SPACE_RULES: list[dict[str, Any]] = [
     {
         "apiGroups": [""],
         "resources": [
@@ -915,11 +934,34 @@ HUB_RBAC_RULES: list[dict[str, Any]] = [
         "verbs": [*_CRUD, "update"],
     },
     {
-        "apiGroups": ["rbac.authorization.k8s.io"],
+        "apiGroups": [RBAC_GROUP],
         "resources": ["roles", "rolebindings"],
         "verbs": [*_CRUD, "update"],
     },
 ]
+
+#: What the hub may do in its own namespace (a Role there): read the image pull secrets it
+#: copies into each space.
+HUB_HOME_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+
+
+def hub_cluster_rules(space_roles: Sequence[str]) -> list[dict[str, Any]]:
+    """:data:`HUB_CLUSTER_RULES`, plus ``bind`` on exactly the ClusterRoles the hub binds in
+    each space (its own and the gateway's)."""
+    rules = copy.deepcopy(HUB_CLUSTER_RULES)
+    if space_roles:
+        names = sorted({_check_name(name, "space_roles") for name in space_roles})
+        rules.append(
+            {
+                "apiGroups": [RBAC_GROUP],
+                "resources": ["clusterroles"],
+                "verbs": ["bind"],
+                "resourceNames": names,
+            }
+        )
+    return rules
 
 
 def make_service_account(
@@ -971,15 +1013,48 @@ def make_role_binding(
     }
 
 
-def make_hub_cluster_role(name: str, *, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The hub's ClusterRole built from :data:`HUB_RBAC_RULES` (the Helm chart renders the
-    same data)."""
+def make_hub_cluster_role(
+    name: str, *, space_roles: Sequence[str] = (), labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The hub's cluster-wide ClusterRole, :func:`hub_cluster_rules` (the Helm chart renders
+    the same data)."""
     _check_name(name, "name")
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": _metadata(name, labels=labels),
-        "rules": copy.deepcopy(HUB_RBAC_RULES),
+        "rules": hub_cluster_rules(space_roles),
+    }
+
+
+def make_space_role_binding(
+    namespace: str,
+    name: str,
+    *,
+    cluster_role: str,
+    service_account: str,
+    service_account_namespace: str,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Grants a platform ServiceAccount (the hub's, the gateway's; in the hub's namespace)
+    a ClusterRole's rights in one user's namespace only."""
+    _check_dns_label(namespace, "namespace")
+    _check_name(name, "name")
+    _check_name(cluster_role, "cluster_role")
+    _check_name(service_account, "service_account")
+    _check_dns_label(service_account_namespace, "service_account_namespace")
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(name, namespace, labels),
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account,
+                "namespace": service_account_namespace,
+            }
+        ],
     }
 
 

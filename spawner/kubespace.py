@@ -126,14 +126,29 @@ def make_space_objects(
     image_pull_secrets: Sequence[str] = (),
     node_selector: Mapping[str, str] | None = None,
     tolerations: Sequence[Mapping[str, Any]] = (),
+    space_roles: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every object of a space but the namespace and the notebook pod, in creation order.
+
+    ``space_roles`` (see ``KubeSpaceSpawner.space_roles``) come first: the hub's binding is
+    what lets it create the rest.
 
     ``ipyparallel_key`` signs IPyParallel messages; the caller passes a fresh secret (this
     module stays deterministic).
     """
     quota = quota_for(profile)
+    bindings = [
+        k.make_space_role_binding(
+            namespace,
+            k.SPACE_BINDINGS[purpose],
+            cluster_role=role["cluster_role"],
+            service_account=role["service_account"],
+            service_account_namespace=hub_namespace,
+        )
+        for purpose, role in sorted((space_roles or {}).items(), key=lambda item: item[0] != "hub")
+    ]
     objects: list[dict[str, Any]] = [
+        *bindings,
         k.make_resource_quota(namespace, **quota),
         k.make_limit_range(
             namespace,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import requests
 from hubclient import free_port, wait_until_healthy
-from test_kube_spawner import HUB_NAMESPACE, Kubectl, RunningKubeHub
+from test_kube_spawner import HUB_NAMESPACE, Kubectl, RunningKubeHub, chart_rbac
 
 BIN = os.path.dirname(sys.executable)
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,8 +68,18 @@ def prepare_hub_namespace(kubectl: Kubectl) -> None:
 class GatewayHub(RunningKubeHub):
     """The Kubernetes-mode hub with the gateway registered as its service (as the chart)."""
 
-    def __init__(self, root: str, cluster, **kube_settings):
-        super().__init__(root, cluster)
+    def __init__(self, root: str, cluster, rbac, **kube_settings):
+        # The hub and the gateway act with the chart's ServiceAccounts and RBAC.
+        os.makedirs(root, exist_ok=True)
+        super().__init__(
+            root,
+            cluster,
+            rbac.kubeconfig(rbac.service_account("hub"), os.path.join(root, "hub-kubeconfig")),
+            rbac.space_roles,
+        )
+        self.gateway_kubeconfig = rbac.kubeconfig(
+            rbac.service_account("dask-gateway"), os.path.join(root, "gateway-kubeconfig")
+        )
         self.gateway_token = secrets.token_hex(32)
         self.gateway_http_port = free_port()
         self.gateway_tcp_port = free_port()
@@ -128,7 +138,7 @@ class GatewayProcess:
         env = self.hub.env()
         env.update(
             CLUSTERHUB_SETTINGS=self.hub.settings_file,
-            KUBECONFIG=self.hub.cluster.kubeconfig,
+            KUBECONFIG=self.hub.gateway_kubeconfig,
             JUPYTERHUB_API_TOKEN=self.hub.gateway_token,
             JUPYTERHUB_API_URL=f"http://127.0.0.1:{self.hub.hub_port}/hub/api",
         )
@@ -260,7 +270,8 @@ def running_gateway_hub(cluster, root: str, **kube_settings) -> Iterator[Gateway
     kubectl = Kubectl(cluster)
     if kubectl.get(f"/api/v1/namespaces/{HUB_NAMESPACE}").status_code == 404:
         prepare_hub_namespace(kubectl)
-    running = GatewayHub(root, cluster, **kube_settings).start()
+    rbac = chart_rbac(cluster)  # (already there: each object is kept as it is)
+    running = GatewayHub(root, cluster, rbac, **kube_settings).start()
     try:
         yield running
     finally:

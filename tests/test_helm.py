@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helmtools import find_helm, helm_env
 
-from clusterhub.gateway.kubeobjects import GATEWAY_RBAC_RULES
+from clusterhub.gateway.kubeobjects import GATEWAY_CLUSTER_RULES, GATEWAY_SPACE_RULES
 from clusterhub.profiles import DEFAULT_PROFILES, validate_profiles
 from clusterhub.settings import LOCAL_ONLY_FIELDS, PlatformSettings
 from clusterhub.spawner import kubeobjects as ko
@@ -89,6 +89,7 @@ KUBERNETES_KEYS = {
     "kube_api_cidrs",
     "user_node_selector",
     "user_tolerations",
+    "space_roles",
 }
 CASES = ["default", "workshop-150", "enterprise", "engines"]
 
@@ -690,7 +691,32 @@ def test_hub_pod(rendered):
         if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa["metadata"]["name"]
     )
     role = _one(objects, "ClusterRole", binding["roleRef"]["name"])
-    assert role["rules"] == ko.HUB_RBAC_RULES
+    # Cluster-wide only namespaces, reading pods and events, and binding the space roles the
+    # hub hands out in each user's namespace, for itself and the gateway (the settings say
+    # which).
+    space_roles = _settings(objects)["kubernetes"]["space_roles"]
+    assert space_roles == {
+        "hub": {
+            "cluster_role": f"{NAMESPACE}-{RELEASE}-clusterhub-hub-in-space",
+            "service_account": sa["metadata"]["name"],
+        },
+        "gateway": {
+            "cluster_role": f"{NAMESPACE}-{RELEASE}-clusterhub-gateway-in-space",
+            "service_account": f"{RELEASE}-clusterhub-gateway",
+        },
+    }
+    assert role["rules"] == ko.hub_cluster_rules([r["cluster_role"] for r in space_roles.values()])
+    assert _one(objects, "ClusterRole", space_roles["hub"]["cluster_role"])["rules"] == (
+        ko.HUB_SPACE_RULES
+    )
+    # No binding makes the space role hold anywhere but where the hub binds it.
+    assert not [
+        b
+        for b in objects
+        if b["kind"].endswith("Binding") and b["roleRef"]["name"].endswith("-in-space")
+    ]
+    home = _one(objects, "Role", f"{RELEASE}-clusterhub-hub")
+    assert home["metadata"]["namespace"] == NAMESPACE and home["rules"] == ko.HUB_HOME_RULES
     service = _one(objects, "Service", "hub")
     assert service["spec"]["ports"][0]["port"] == 8081
     assert (
@@ -743,8 +769,13 @@ def test_gateway_pod_rbac_and_service(rendered):
         b for b in objects if b["kind"] == "ClusterRoleBinding" and b["subjects"][0]["name"] == sa
     )
     role = _one(objects, "ClusterRole", binding["roleRef"]["name"])
-    # The rules the Kubernetes backend needs, and no more (no reading of Secrets).
-    assert role["rules"] == GATEWAY_RBAC_RULES
+    # Cluster-wide it only reads; what it writes, it writes in the spaces the hub binds
+    # gateway-in-space in (and it never reads Secrets).
+    assert role["rules"] == GATEWAY_CLUSTER_RULES
+    gateway_role = settings["kubernetes"]["space_roles"]["gateway"]
+    assert gateway_role["service_account"] == sa
+    in_space = _one(objects, "ClusterRole", gateway_role["cluster_role"])
+    assert in_space["rules"] == GATEWAY_SPACE_RULES
     # Its database lives on a volume, so a restarted gateway resumes running clusters.
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
@@ -941,9 +972,15 @@ def _generate_rbac_module():
 
 def test_rbac_rules_file_is_in_sync_with_python():
     generator = _generate_rbac_module()
-    path = CHART / "files" / "hub-rbac-rules.json"
+    path = CHART / "files" / "rbac-rules.json"
     assert path.read_text() == generator.render(), "run: python helm/generate_rbac.py"
-    assert json.loads(path.read_text()) == ko.HUB_RBAC_RULES
+    assert json.loads(path.read_text()) == {
+        "hubCluster": ko.HUB_CLUSTER_RULES,
+        "hubSpace": ko.HUB_SPACE_RULES,
+        "hubHome": ko.HUB_HOME_RULES,
+        "gatewayCluster": GATEWAY_CLUSTER_RULES,
+        "gatewaySpace": GATEWAY_SPACE_RULES,
+    }
     assert generator.main(["--check"]) == 0
 
 

@@ -7,6 +7,7 @@ kubectl would; they never reach into the emulator's memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,9 +59,16 @@ class RunningKubeHub(RunningPlatform):
     """The hub as the Helm chart runs it (jupyterhub -f clusterhub's config), in kubernetes
     mode against the emulator; it starts its own proxy since there is no proxy pod here."""
 
-    def __init__(self, root: str, cluster: KubeCluster, kubeconfig: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        cluster: KubeCluster,
+        kubeconfig: str | None = None,
+        space_roles: dict[str, dict[str, str]] | None = None,
+    ):
         super().__init__(root, local_accounts=False)
         self.cluster = cluster
+        self.space_roles = space_roles or {}
         # The hub's credentials: its ServiceAccount's (the chart's RBAC) when given.
         self.kubeconfig = kubeconfig or cluster.kubeconfig
         # Put before the hub's command (e.g. to give it the cluster's names, as its pod has).
@@ -91,6 +99,9 @@ class RunningKubeHub(RunningPlatform):
                 "namespace_prefix": PREFIX,
                 "notebook_image": "notebook:test",
                 "cluster_image": "cluster:test",
+                # With the chart's RBAC, the roles the hub binds in each space (as the chart
+                # tells it); with the admin's credentials, none are needed.
+                "space_roles": self.space_roles,
             },
         }
         with open(self.settings_file, "w") as f:
@@ -232,11 +243,33 @@ def hub(cluster, tmp_path_factory):
         },
     ).raise_for_status()
     kubeconfig = rbac.kubeconfig(rbac.service_account("hub"), root / "hub-kubeconfig")
-    running = RunningKubeHub(str(root), cluster, kubeconfig).start()
+    running = RunningKubeHub(str(root), cluster, kubeconfig, rbac.space_roles).start()
+    running.rbac = rbac
     try:
         yield running
     finally:
         running.stop()
+
+
+@contextlib.contextmanager
+def another_hub(hub, name: str, extra_config: str = "", **kube_settings):
+    """A second hub on the same cluster and credentials, called ``name`` (its spaces are its
+    own), with other ``kubernetes`` settings and more config lines."""
+    root = os.path.join(hub.root, name)
+    os.makedirs(root)
+    other = RunningKubeHub(root, hub.cluster, hub.kubeconfig, hub.space_roles)
+    with open(other.settings_file) as f:
+        settings = json.load(f)
+    settings["kubernetes"].update(hub_name=name, **kube_settings)
+    with open(other.settings_file, "w") as f:
+        json.dump(settings, f)
+    with open(os.path.join(root, "test_config.py"), "a") as f:
+        f.write(extra_config)
+    other.start()
+    try:
+        yield other
+    finally:
+        other.stop()
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +291,8 @@ EXPECTED_SPACE = {
     "limitranges": {"space-limits"},
     "serviceaccounts": {"default", "notebook"},  # "default" comes with every namespace
     "roles": {"notebook"},
-    "rolebindings": {"notebook"},
+    # the notebook's, and the hub's and the gateway's rights in the space (see space_roles)
+    "rolebindings": {"notebook", "clusterhub-hub", "clusterhub-dask-gateway"},
 }
 
 
@@ -303,13 +337,81 @@ def test_a_users_service_account_reaches_only_its_own_namespace(hub, kubectl):
     mine, theirs = kubectl.space_of("a.b"), kubectl.space_of("a-b")
     for role in kubectl.items("roles", mine):
         assert role["metadata"]["namespace"] == mine
+    platform = {(HUB_NAMESPACE, role["service_account"]) for role in hub.space_roles.values()}
     for binding in kubectl.items("rolebindings", theirs):
         for subject in binding["subjects"]:
-            assert subject.get("namespace", theirs) == theirs, "no foreign subject in B's space"
+            where = subject.get("namespace", theirs)
+            # No one from another user's space: only the hub and the gateway themselves.
+            assert where == theirs or (where, subject["name"]) in platform, subject
     bindings = kubectl.get("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings").json()
     for binding in bindings["items"]:
         for subject in binding.get("subjects", []):
             assert subject.get("namespace") not in (mine, theirs), "users get no cluster rights"
+
+
+def test_the_platforms_tokens_act_only_in_the_spaces_the_hub_made(hub, kubectl):
+    """The hub's and the gateway's ServiceAccount tokens (what their pods hold): pods,
+    Secrets and RBAC of other namespaces are refused; the same in a user's space works."""
+    space = kubectl.space_of("a.b")
+    tokens = {
+        component: hub.rbac.token(hub.rbac.service_account(component))
+        for component in ("hub", "dask-gateway")
+    }
+
+    def call(component: str, method: str, path: str, body: dict | None = None) -> int:
+        headers = {"Authorization": f"Bearer {tokens[component]}"}
+        return requests.request(
+            method, hub.cluster.url + path, json=body, headers=headers, timeout=10
+        ).status_code
+
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "intruder"},
+        "spec": {"containers": [{"name": "c", "image": "notebook:test", "command": ["true"]}]},
+    }
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe"}}
+    # A role of the cluster's (made by its admin) that reads every Secret.
+    rbac_api = "/apis/rbac.authorization.k8s.io/v1"
+    reader = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}
+    created = kubectl.post(
+        f"{rbac_api}/clusterroles",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "secret-reader"},
+            "rules": [reader],
+        },
+    )
+    assert created.status_code in (201, 409)
+    take_over = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "take-over"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "secret-reader",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": HUB_NAMESPACE}],
+    }
+    for component in tokens:
+        for method, path, body in (
+            ("GET", "/api/v1/namespaces/kube-system/secrets", None),
+            ("GET", "/api/v1/secrets", None),
+            ("POST", "/api/v1/namespaces/kube-system/pods", pod),
+            ("POST", "/api/v1/namespaces/kube-system/secrets", secret),
+            ("POST", "/apis/apps/v1/namespaces/kube-system/deployments", {}),
+            ("POST", f"{rbac_api}/namespaces/kube-system/rolebindings", take_over),
+        ):
+            assert call(component, method, path, body) == 403, (component, method, path)
+    assert kubectl.names("secrets", "kube-system") == set()
+    assert kubectl.names("pods", "kube-system") == set()
+    # The controls: in a user's space the hub reads Secrets, and the gateway writes them.
+    assert call("hub", "GET", f"/api/v1/namespaces/{space}/secrets") == 200
+    assert call("dask-gateway", "POST", f"/api/v1/namespaces/{space}/secrets", secret) == 201
+    assert call("dask-gateway", "DELETE", f"/api/v1/namespaces/{space}/secrets/probe") == 200
+    assert call("dask-gateway", "GET", "/api/v1/pods") == 200, "its one watch over all pods"
 
 
 def test_a_hub_restart_keeps_running_servers(hub, kubectl):
@@ -491,46 +593,72 @@ print(json.dumps({"uid": status["Uid"].split()[0], "groups": status["Groups"].sp
 def test_the_notebook_user_owns_its_home_on_a_fresh_disk_and_keeps_it(cluster, hub, kubectl):
     # With home storage each home is a PersistentVolumeClaim: a new cloud disk is root's
     # (0755), and the image's user (1000) can only write it through the pod's fsGroup.
-    root = os.path.join(hub.root, "disk-hub")
-    os.makedirs(root)
-    disk_hub = RunningKubeHub(root, cluster, hub.kubeconfig)
-    with open(disk_hub.settings_file) as f:
-        settings = json.load(f)
-    settings["kubernetes"].update(hub_name="disk-hub", home_storage={"size": "1Gi"})
-    with open(disk_hub.settings_file, "w") as f:
-        json.dump(settings, f)
-    disk_hub.start()
     ns = None
     try:
-        user = spawn(disk_hub, "disky", profile="dask")
-        ns = kubectl.space_of("disky")
-        kernel = user.kernel()
-        try:
-            first = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
-        finally:
-            kernel.close()
-        assert first == {"uid": "1000", "groups": ["1000"], "home": "kept", "group": 1000}
-        (pod,) = kubectl.items("pods", ns)
-        assert pod["spec"]["securityContext"]["fsGroup"] == 1000
+        with another_hub(hub, "disk-hub", home_storage={"size": "1Gi"}) as disk_hub:
+            user = spawn(disk_hub, "disky", profile="dask")
+            ns = kubectl.space_of("disky")
+            kernel = user.kernel()
+            try:
+                first = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
+            finally:
+                kernel.close()
+            assert first == {"uid": "1000", "groups": ["1000"], "home": "kept", "group": 1000}
+            (pod,) = kubectl.items("pods", ns)
+            assert pod["spec"]["securityContext"]["fsGroup"] == 1000
 
-        # Stopped, the namespace keeps only the claim; the next start finds the file.
-        user.stop_server(timeout=90)
-        assert kubectl.names("pods", ns) == set()
-        claims = kubectl.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims").json()["items"]
-        assert len(claims) == 1
-        user = spawn(disk_hub, "disky", profile="dask")
-        kernel = user.kernel()
-        try:
-            again = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
-        finally:
-            kernel.close()
-        assert again["home"] == "kept"
-        user.stop_server(timeout=90)
+            # Stopped, the namespace keeps only the claim; the next start finds the file.
+            user.stop_server(timeout=90)
+            assert kubectl.names("pods", ns) == set()
+            claims = kubectl.get(f"/api/v1/namespaces/{ns}/persistentvolumeclaims").json()
+            assert len(claims["items"]) == 1
+            user = spawn(disk_hub, "disky", profile="dask")
+            kernel = user.kernel()
+            try:
+                again = json.loads(kernel.execute(HOME_ON_A_DISK).strip().splitlines()[-1])
+            finally:
+                kernel.close()
+            assert again["home"] == "kept"
+            user.stop_server(timeout=90)
     finally:
-        disk_hub.stop()
         if ns is not None:
             requests.delete(
                 f"{cluster.url}/api/v1/namespaces/{ns}",
                 headers={"Authorization": f"Bearer {cluster.token}"},
                 timeout=10,
             )
+
+
+def test_a_previous_namespace_still_terminating_does_not_use_up_the_start_timeout(hub, kubectl):
+    # ghost's previous namespace, held terminating by a finalizer for longer than the whole
+    # start_timeout of this hub: the wait happens before start(), which JupyterHub times.
+    ns = make_namespace_name(PREFIX, "ghost", reserved=[HUB_NAMESPACE])
+    labels = space_labels("slow-hub", "ghost")
+    kubectl.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
+    ).raise_for_status()
+    held = f"/api/v1/namespaces/{ns}/configmaps/held"
+    kubectl.post(
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"metadata": {"name": "held", "finalizers": ["test.clusterhub.io/hold"]}},
+    ).raise_for_status()
+    headers = {**kubectl.headers, "Content-Type": "application/merge-patch+json"}
+    requests.delete(f"{kubectl.base}/api/v1/namespaces/{ns}", headers=kubectl.headers, timeout=10)
+    assert kubectl.namespaces()[ns]["status"]["phase"] == "Terminating"
+    with another_hub(hub, "slow-hub", "c.KubeSpaceSpawner.start_timeout = 15\n") as slow:
+        user = BrowserUser(slow, "ghost")
+        user.login().raise_for_status()
+        assert user.spawn(profile="dask").status_code == 302
+        time.sleep(20)  # longer than start_timeout
+        assert not user.server_model()["servers"][""]["ready"]
+        requests.patch(
+            kubectl.base + held,
+            data='{"metadata": {"finalizers": null}}',
+            headers=headers,
+            timeout=10,
+        ).raise_for_status()
+        user.wait_ready(timeout=90)
+        with open(os.path.join(slow.root, "hub.log"), errors="replace") as log:
+            assert "Waiting for ghost's previous namespace to be gone" in log.read()
+        user.stop_server(timeout=90)

@@ -15,6 +15,7 @@ K8S_VERSION = "1.34.0"
 NS = "clusterhub-alice"
 HUB_NS = "clusterhub"
 MANAGED = {"app.kubernetes.io/managed-by": "clusterhub"}
+RBAC = "rbac.authorization.k8s.io"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -363,34 +364,58 @@ def test_make_role_binding_literal():
         ko.make_role_binding(NS, "clusterhub-notebook", "Not Valid")
 
 
-def test_hub_rules_cover_notebook_role():
-    """RBAC escalation prevention: the hub can only create the notebook Role if it holds
-    every permission in it itself."""
-    granted = {
-        (group, resource, verb)
-        for rule in ko.HUB_RBAC_RULES
+def _grants(rules):
+    return {
+        (group, resource, verb, name)
+        for rule in rules
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [""]
     }
-    for rule in ko.NOTEBOOK_ROLE_RULES:
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                for verb in rule["verbs"]:
-                    assert (group, resource, verb) in granted, (group, resource, verb)
 
 
-def test_hub_rules_are_minimal():
-    all_verbs = {v for rule in ko.HUB_RBAC_RULES for v in rule["verbs"]}
+def test_hub_rules_cover_notebook_role():
+    """RBAC escalation prevention: the hub can only create the notebook Role in a space if it
+    holds every permission in it there itself."""
+    granted = _grants(ko.HUB_SPACE_RULES)
+    for group, resource, verb, _ in _grants(ko.NOTEBOOK_ROLE_RULES):
+        assert (group, resource, verb, "") in granted, (group, resource, verb)
+
+
+def test_cluster_wide_the_hub_makes_namespaces_reads_pods_and_binds_only_the_space_roles():
+    rules = ko.hub_cluster_rules(["ns-ch-gateway-in-space", "ns-ch-hub-in-space"])
+    assert rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["namespaces"],
+            "verbs": ["create", "delete", "get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [RBAC], "resources": ["rolebindings"], "verbs": ["create"]},
+        {
+            "apiGroups": [RBAC],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": ["ns-ch-gateway-in-space", "ns-ch-hub-in-space"],
+        },
+    ]
+    granted = _grants(rules)
+    # Nothing it could read secrets with, or run anything with, outside the spaces.
+    writes = {"create", "delete", "patch", "update"}
+    assert not {g for g in granted if g[1] in ("secrets", "deployments")}
+    assert not {g for g in granted if g[1] == "pods" and g[2] in writes}
+    assert not {g for g in granted if g[2] in ("*", "escalate", "impersonate")}
+    with pytest.raises(ValueError, match="space_roles"):
+        ko.hub_cluster_rules(["Not A Name"])
+
+
+def test_in_a_space_the_hub_may_do_what_making_it_needs():
+    all_verbs = {v for rule in ko.HUB_SPACE_RULES for v in rule["verbs"]}
     assert not all_verbs & {"*", "escalate", "bind", "impersonate", "deletecollection"}
-    resources = {r for rule in ko.HUB_RBAC_RULES for r in rule["resources"]}
-    assert "*" not in resources
-    # the only cluster-scoped resource is namespaces
-    assert not resources & {"nodes", "clusterroles", "clusterrolebindings", "persistentvolumes"}
-    events = next(rule for rule in ko.HUB_RBAC_RULES if rule["resources"] == ["events"])
-    assert events["verbs"] == ["get", "list", "watch"]
+    resources = {r for rule in ko.HUB_SPACE_RULES for r in rule["resources"]}
+    assert "*" not in resources and "namespaces" not in resources
     for needed in [
-        "namespaces",
         "pods",
         "persistentvolumeclaims",
         "services",
@@ -403,22 +428,25 @@ def test_hub_rules_are_minimal():
         "roles",
         "rolebindings",
     ]:
-        rule = next(rule for rule in ko.HUB_RBAC_RULES if needed in rule["resources"])
+        rule = next(rule for rule in ko.HUB_SPACE_RULES if needed in rule["resources"])
         assert {"create", "delete", "get", "list", "watch"} <= set(rule["verbs"]), needed
+    # In its own namespace only the pull secrets it copies.
+    assert ko.HUB_HOME_RULES == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
 
 
 def test_the_hub_may_replace_the_settings_it_replaces_on_start():
     # spawner/kube.py replaces these when a space's namespace kept them over a stop.
     for plural in ("resourcequotas", "limitranges", "networkpolicies", "roles", "rolebindings"):
-        rule = next(rule for rule in ko.HUB_RBAC_RULES if plural in rule["resources"])
+        rule = next(rule for rule in ko.HUB_SPACE_RULES if plural in rule["resources"])
         assert "update" in rule["verbs"], plural
 
 
 def test_hub_cluster_role_and_binding():
-    role = ko.make_hub_cluster_role("clusterhub-hub")
-    assert role["kind"] == "ClusterRole" and role["rules"] == ko.HUB_RBAC_RULES
+    role = ko.make_hub_cluster_role("clusterhub-hub", space_roles=["ns-ch-hub-in-space"])
+    assert role["kind"] == "ClusterRole"
+    assert role["rules"] == ko.hub_cluster_rules(["ns-ch-hub-in-space"])
     role["rules"][0]["verbs"].append("escalate")  # a copy: the module's data is untouched
-    assert "escalate" not in ko.HUB_RBAC_RULES[0]["verbs"]
+    assert "escalate" not in ko.HUB_CLUSTER_RULES[0]["verbs"]
     binding = ko.make_hub_cluster_role_binding(
         "clusterhub-hub",
         cluster_role="clusterhub-hub",
@@ -437,7 +465,29 @@ def test_hub_cluster_role_and_binding():
         "subjects": [{"kind": "ServiceAccount", "name": "hub", "namespace": HUB_NS}],
     }
     validate(binding)
-    validate(ko.make_hub_cluster_role("clusterhub-hub"))
+    validate(ko.make_hub_cluster_role("clusterhub-hub", space_roles=["ns-ch-hub-in-space"]))
+
+
+def test_a_space_role_binding_grants_a_platform_account_a_cluster_role_in_one_namespace():
+    binding = ko.make_space_role_binding(
+        NS,
+        "clusterhub-hub",
+        cluster_role="ns-ch-hub-in-space",
+        service_account="ch-hub",
+        service_account_namespace=HUB_NS,
+    )
+    assert binding == {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "clusterhub-hub", "namespace": NS, "labels": MANAGED},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "ns-ch-hub-in-space"},
+        "subjects": [{"kind": "ServiceAccount", "name": "ch-hub", "namespace": HUB_NS}],
+    }
+    validate(binding)
+    with pytest.raises(ValueError, match="service_account_namespace"):
+        ko.make_space_role_binding(
+            NS, "b", cluster_role="r", service_account="s", service_account_namespace="Bad_NS"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -1186,7 +1236,7 @@ def test_full_space_validates(username):
     names = [(o["kind"], o["metadata"]["name"]) for o in objects]
     assert len(names) == len(set(names))
     hub = [
-        ko.make_hub_cluster_role("clusterhub-hub"),
+        ko.make_hub_cluster_role("clusterhub-hub", space_roles=["clusterhub-hub-in-space"]),
         ko.make_hub_cluster_role_binding(
             "clusterhub-hub",
             cluster_role="clusterhub-hub",

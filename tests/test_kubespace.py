@@ -155,3 +155,21 @@ def test_the_notebook_learns_its_profiles_maxima():
     assert notebook_limits_env(PROFILES["dask-spark"]) == {
         "CLUSTERHUB_LIMITS": '{"worker_cores": 2, "worker_memory_gib": 4, "workers": 4}'
     }
+
+
+def test_the_hub_binds_its_own_rights_first_then_the_gateways():
+    roles = {
+        "gateway": {"cluster_role": "hub-ch-gateway-in-space", "service_account": "ch-gateway"},
+        "hub": {"cluster_role": "hub-ch-hub-in-space", "service_account": "ch-hub"},
+    }
+    first, second, third = objects_for("dask", space_roles=roles)[:3]
+    assert (first["kind"], first["metadata"]["name"]) == ("RoleBinding", "clusterhub-hub")
+    assert first["roleRef"]["name"] == "hub-ch-hub-in-space"
+    assert first["subjects"] == [{"kind": "ServiceAccount", "name": "ch-hub", "namespace": "hub"}]
+    assert (second["metadata"]["name"], second["roleRef"]["name"]) == (
+        "clusterhub-dask-gateway",
+        "hub-ch-gateway-in-space",
+    )
+    assert third["kind"] == "ResourceQuota"
+    # Without space roles (a hub given its rights otherwise): no bindings at all.
+    assert objects_for("dask")[0]["kind"] == "ResourceQuota"

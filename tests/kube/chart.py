@@ -5,6 +5,7 @@ test hold exactly the rights the chart gives them on a real cluster."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -54,6 +55,13 @@ class ChartRbac:
         self.namespace = namespace
         self._admin = {"Authorization": f"Bearer {admin_token}"}
         self.objects = [o for o in objects if o.get("kind") in RBAC_KINDS]
+        # What the chart tells the hub about them: the roles it binds in each user's space.
+        (settings,) = [
+            json.loads(base64.b64decode(o["data"]["settings.json"]))
+            for o in objects
+            if o.get("kind") == "Secret" and "settings.json" in (o.get("data") or {})
+        ]
+        self.space_roles: dict[str, dict[str, str]] = settings["kubernetes"]["space_roles"]
 
     def _post(self, path: str, body: dict[str, Any]) -> requests.Response:
         return requests.post(self.url + path, json=body, headers=self._admin, timeout=10)

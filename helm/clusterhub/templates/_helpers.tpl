@@ -53,6 +53,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "clusterhub.gatewayServiceName" -}}dask-gateway{{- end -}}
 {{- define "clusterhub.hubServiceAccountName" -}}{{ include "clusterhub.fullname" . }}-hub{{- end -}}
 {{- define "clusterhub.gatewayServiceAccountName" -}}{{ include "clusterhub.fullname" . }}-gateway{{- end -}}
+{{/* The ClusterRoles the hub binds in each user's namespace, for itself and the gateway. */}}
+{{- define "clusterhub.hubSpaceRole" -}}{{ .Release.Namespace }}-{{ include "clusterhub.fullname" . }}-hub-in-space{{- end -}}
+{{- define "clusterhub.gatewaySpaceRole" -}}{{ .Release.Namespace }}-{{ include "clusterhub.fullname" . }}-gateway-in-space{{- end -}}
+{{/* The platform's RBAC rules (helm/generate_rbac.py writes the file from the Python data). */}}
+{{- define "clusterhub.rules" -}}{{ index (.root.Files.Get "files/rbac-rules.json" | fromJson) .key | toYaml }}{{- end -}}
 
 {{/* "repository:tag" of one entry of .Values.images; tag "" means the chart's appVersion. */}}
 {{- define "clusterhub.image" -}}
