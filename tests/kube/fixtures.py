@@ -47,6 +47,7 @@ class KubeCluster:
         service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
         image_users: dict[str, int | str] | None = None,
+        private_registries: tuple[str, ...] = (),
         base_env: dict[str, str] | None = None,
         node_name: str = "process-node",
     ) -> None:
@@ -59,6 +60,7 @@ class KubeCluster:
                 "service_dns": service_dns,
                 "image_entrypoints": image_entrypoints,
                 "image_users": image_users,
+                "private_registries": private_registries,
                 "base_env": base_env,
                 "node_name": node_name,
             }

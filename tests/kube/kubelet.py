@@ -59,6 +59,10 @@ as a real process, then reports status through ``pods/<name>/status``.
   hostPath belongs to that group at each container start (group read, and write unless it
   is a Secret, ConfigMap or token; set-group-ID directories). HOME and TMPDIR are shared by
   the pod's containers (mode 1777).
+* Images (``registry.py``): nothing is pulled, but an image from one of
+  ``private_registries`` needs one of the pod's ``imagePullSecrets`` (an existing
+  dockerconfigjson Secret with credentials for that registry); without, the container waits
+  in ErrImagePull, then ImagePullBackOff, with a Failed event, and is tried again.
 * Init containers run to completion in order; then the containers start. Readiness probes
   (tcpSocket, httpGet, exec) gate ``ready``; without one a running container is ready. exec
   probes run inside the container's mount (and UTS) namespace, through ``nsenter``.
@@ -111,7 +115,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +133,7 @@ from .podsecurity import (
     new_disk,
     set_volume_ownership,
 )
+from .registry import pull_refusal
 
 log = logging.getLogger(__name__)
 
@@ -552,6 +557,8 @@ class _PodWorker:
                 c.state = {"waiting": {"reason": reason, "message": str(exc)}}
             self.mark_dirty()
             return False
+        if not await self._pulled(c):
+            return False
         c.exit_code = None
         argv = self._argv(c, pod_env)
         if not argv:
@@ -674,6 +681,38 @@ class _PodWorker:
                 return  # the pod is being torn down
             with open(self.hosts_path, "wb") as f:
                 f.write(data)
+
+    async def _pulled(self, c: _Container) -> bool:
+        """Whether the container's image can be "pulled": a private registry's needs one of
+        the pod's pull secrets with credentials for it. If not, the container waits in
+        ErrImagePull, then ImagePullBackOff, and is tried again, as on a node."""
+        image = c.spec.get("image", "")
+        named = [ref.get("name", "") for ref in self.pod["spec"].get("imagePullSecrets") or []]
+        found = [
+            s
+            for s in [
+                await self.k._get_json(f"/api/v1/namespaces/{self.ns}/secrets/{n}") for n in named
+            ]
+            if s is not None
+        ]
+        refusal = pull_refusal(image, found, self.k.private_registries)
+        if refusal is None:
+            return True
+        pulling = (c.state.get("waiting") or {}).get("reason") in (
+            "ErrImagePull",
+            "ImagePullBackOff",
+        )
+        c.state = {
+            "waiting": {
+                "reason": "ImagePullBackOff" if pulling else "ErrImagePull",
+                "message": f'Back-off pulling image "{image}"' if pulling else refusal,
+            }
+        }
+        self.k._event(
+            self.pod, "Warning", "Failed", f'Failed to pull image "{image}": {refusal}', c.name
+        )
+        self.mark_dirty()
+        return False
 
     def _identity(self, c: _Container) -> Identity:
         try:
@@ -1202,6 +1241,7 @@ class ProcessKubelet:
         service_dns: bool = True,
         image_entrypoints: dict[str, list[str]] | None = None,
         image_users: dict[str, int | str] | None = None,
+        private_registries: Collection[str] = (),
         base_env: dict[str, str] | None = None,
         max_grace_seconds: float = 5.0,
         max_probe_period: float = 1.0,
@@ -1218,6 +1258,8 @@ class ProcessKubelet:
         self.image_entrypoints = dict(image_entrypoints or {})
         # image -> its Dockerfile USER ("1000" or "1000:1000"); unmapped images run as root
         self.image_users = dict(image_users or {})
+        # registries whose images need a pull secret (see registry.py)
+        self.private_registries = set(private_registries)
         self.base_env = dict(base_env or {})
         self.max_grace_seconds = max_grace_seconds
         self.max_probe_period = max_probe_period
