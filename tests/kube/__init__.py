@@ -28,7 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .emulator import ApiError, KubeEmulator
+from .emulator import KubeEmulator
+from .errors import ApiError
 from .kubelet import ProcessKubelet
 
 __all__ = [

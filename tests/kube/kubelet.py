@@ -123,7 +123,7 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from .emulator import BackgroundLoop, Obj, now_iso
+from .base import BackgroundLoop, Obj, now_iso
 from .incluster import SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_VOLUME, ApiTlsFront, automount_token
 from .podsecurity import (
     Identity,
