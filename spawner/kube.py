@@ -417,17 +417,11 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
             if exc.status != 404:
                 raise
             existing = None
+        if existing is not None and existing.status.phase == "Terminating":
+            await self._wait_out_previous_namespace()
+            existing = None
         if existing is not None:
             self._check_namespace_is_ours(existing.metadata.labels or {})
-        if existing is not None and existing.status.phase == "Terminating":
-            self.log.info("Waiting for %s's previous namespace to be gone", self.user.name)
-            if not await self._wait_namespace_gone(self.namespace_delete_timeout):
-                raise TimeoutError(
-                    f"namespace {self.namespace} is still terminating after "
-                    f"{self.namespace_delete_timeout:.0f} s; check its finalizers "
-                    f"(kubectl get namespace {self.namespace} -o yaml)"
-                )
-            existing = None
         if existing is None:
             try:
                 await self._request(core.create_namespace(body))

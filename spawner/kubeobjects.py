@@ -1027,6 +1027,25 @@ def make_hub_cluster_role(
     }
 
 
+def _cluster_role_grant(
+    cluster_role: str, service_account: str, service_account_namespace: str
+) -> dict[str, Any]:
+    """The roleRef and subjects of a binding that grants a ClusterRole to a ServiceAccount."""
+    _check_name(cluster_role, "cluster_role")
+    _check_name(service_account, "service_account")
+    _check_dns_label(service_account_namespace, "service_account_namespace")
+    return {
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [
+            {
+                "kind": "ServiceAccount",
+                "name": service_account,
+                "namespace": service_account_namespace,
+            }
+        ],
+    }
+
+
 def make_space_role_binding(
     namespace: str,
     name: str,
@@ -1040,21 +1059,11 @@ def make_space_role_binding(
     a ClusterRole's rights in one user's namespace only."""
     _check_dns_label(namespace, "namespace")
     _check_name(name, "name")
-    _check_name(cluster_role, "cluster_role")
-    _check_name(service_account, "service_account")
-    _check_dns_label(service_account_namespace, "service_account_namespace")
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": _metadata(name, namespace, labels),
-        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "ClusterRole", "name": cluster_role},
-        "subjects": [
-            {
-                "kind": "ServiceAccount",
-                "name": service_account,
-                "namespace": service_account_namespace,
-            }
-        ],
+        **_cluster_role_grant(cluster_role, service_account, service_account_namespace),
     }
 
 
@@ -1068,25 +1077,11 @@ def make_hub_cluster_role_binding(
 ) -> dict[str, Any]:
     """Binds the hub's ClusterRole to the hub's ServiceAccount (in the hub namespace)."""
     _check_name(name, "name")
-    _check_name(cluster_role, "cluster_role")
-    _check_name(service_account, "service_account")
-    _check_dns_label(service_account_namespace, "service_account_namespace")
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
         "metadata": _metadata(name, labels=labels),
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": cluster_role,
-        },
-        "subjects": [
-            {
-                "kind": "ServiceAccount",
-                "name": service_account,
-                "namespace": service_account_namespace,
-            }
-        ],
+        **_cluster_role_grant(cluster_role, service_account, service_account_namespace),
     }
 
 

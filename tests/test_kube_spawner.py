@@ -251,6 +251,18 @@ def hub(cluster, tmp_path_factory):
         running.stop()
 
 
+def own_namespace(kubectl: Kubectl, hub_name: str, username: str) -> str:
+    """The namespace hub ``hub_name`` makes for ``username``, made beforehand (as if left
+    from an earlier start)."""
+    ns = make_namespace_name(PREFIX, username, reserved=[HUB_NAMESPACE])
+    labels = space_labels(hub_name, username)
+    kubectl.post(
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
+    ).raise_for_status()
+    return ns
+
+
 @contextlib.contextmanager
 def another_hub(hub, name: str, extra_config: str = "", **kube_settings):
     """A second hub on the same cluster and credentials, called ``name`` (its spaces are its
@@ -551,12 +563,7 @@ def test_a_namespace_the_hub_did_not_make_is_never_taken_over(hub, kubectl):
 def test_a_start_replaces_the_settings_a_kept_namespace_still_holds(hub, kubectl):
     # As after an interrupted stop: keeper's own namespace (this hub's, for keeper) still has
     # a quota from before. The hub, with the chart's rights, replaces it and starts.
-    ns = make_namespace_name(PREFIX, "keeper", reserved=[HUB_NAMESPACE])
-    labels = space_labels("test-hub", "keeper")
-    kubectl.post(
-        "/api/v1/namespaces",
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
-    ).raise_for_status()
+    ns = own_namespace(kubectl, "test-hub", "keeper")
     stale = {"hard": {"pods": "1"}}
     kubectl.post(
         f"/api/v1/namespaces/{ns}/resourcequotas",
@@ -632,12 +639,7 @@ def test_the_notebook_user_owns_its_home_on_a_fresh_disk_and_keeps_it(cluster, h
 def test_a_previous_namespace_still_terminating_does_not_use_up_the_start_timeout(hub, kubectl):
     # ghost's previous namespace, held terminating by a finalizer for longer than the whole
     # start_timeout of this hub: the wait happens before start(), which JupyterHub times.
-    ns = make_namespace_name(PREFIX, "ghost", reserved=[HUB_NAMESPACE])
-    labels = space_labels("slow-hub", "ghost")
-    kubectl.post(
-        "/api/v1/namespaces",
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}},
-    ).raise_for_status()
+    ns = own_namespace(kubectl, "slow-hub", "ghost")
     held = f"/api/v1/namespaces/{ns}/configmaps/held"
     kubectl.post(
         f"/api/v1/namespaces/{ns}/configmaps",

@@ -31,10 +31,14 @@ _SUFFIXES = {
     "M": 1e6,
     "G": 1e9,
     "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
     "Ki": 2**10,
     "Mi": 2**20,
     "Gi": 2**30,
     "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
 COMPUTE = ("cpu", "memory")
 
@@ -44,6 +48,7 @@ class Refused(Exception):
 
 
 def quantity(text: Any) -> float:
+    """A Kubernetes resource quantity ("500m", "1Gi", "2") as a number."""
     match = _QUANTITY.match(str(text).strip())
     if not match or match.group(2) not in _SUFFIXES:
         raise ValueError(f"quantities must match the regular expression: {text!r}")

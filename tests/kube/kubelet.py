@@ -123,6 +123,7 @@ import aiohttp
 import psutil
 from aiohttp import web
 
+from .admission import quantity
 from .base import BackgroundLoop, Obj, now_iso
 from .incluster import SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_VOLUME, ApiTlsFront, automount_token
 from .podsecurity import (
@@ -151,31 +152,6 @@ _HOSTS_HEAD = [
     "fe00::1\tip6-allnodes",
     "fe00::2\tip6-allrouters",
 ]
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-_SUFFIXES = {
-    "": 1,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity(text: Any) -> float:
-    """Parse a Kubernetes resource quantity ("500m", "1Gi", "2") into a number."""
-    m = _QUANTITY.match(str(text).strip())
-    if not m or m.group(2) not in _SUFFIXES:
-        raise ValueError(f"invalid quantity {text!r}")
-    return float(m.group(1)) * _SUFFIXES[m.group(2)]
 
 
 def expand_vars(text: str, env: dict[str, str]) -> str:
@@ -1063,8 +1039,8 @@ class _PodWorker:
                     "memory": str(psutil.virtual_memory().total),
                     "ephemeral-storage": str(shutil.disk_usage(self.k.workdir).total),
                 }.get(resource, "0")
-            divisor = parse_quantity(ref.get("divisor", "1"))
-            return str(math.ceil(parse_quantity(value) / divisor))
+            divisor = quantity(ref.get("divisor", "1"))
+            return str(math.ceil(quantity(value) / divisor))
         for key, plural in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
             if key in vf:
                 ref = vf[key]
