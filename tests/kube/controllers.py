@@ -30,7 +30,7 @@ from .resources import (
     QUOTAS,
     REPLICASETS,
     RESOURCES,
-    SERVICEACCOUNTS,
+    SERVICE_ACCOUNTS,
     SERVICES,
     ResourceType,
 )
@@ -161,9 +161,9 @@ class Controllers:
         ns = self._get_obj(NAMESPACES, None, name)
         if ns is None or ns.get("status", {}).get("phase") != "Active":
             return
-        if self._get_obj(SERVICEACCOUNTS, name, "default") is None:
+        if self._get_obj(SERVICE_ACCOUNTS, name, "default") is None:
             try:
-                self._create(SERVICEACCOUNTS, name, {"metadata": {"name": "default"}})
+                self._create(SERVICE_ACCOUNTS, name, {"metadata": {"name": "default"}})
             except ApiError:
                 pass
 
