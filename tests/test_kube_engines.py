@@ -42,6 +42,7 @@ from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
 # Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
 from tests.kube import StandInUser, busy_ports, kube_options, pod_shared_dir  # noqa: E402
 from tests.kube import wait_for_async as wait_for  # noqa: E402
+from tests.kube.http import EmulatorHttp  # noqa: E402
 
 if TYPE_CHECKING:
     from clusterhub.spawner.kube import KubeSpaceSpawner
@@ -151,35 +152,8 @@ def rules_allow(rules: list[dict[str, Any]], group: str, resource: str, verb: st
     )
 
 
-class Api:
-    """Plain HTTP to the emulator, as kubectl or a notebook's own client would send it."""
-
-    def __init__(self, cluster: KubeCluster, session: aiohttp.ClientSession) -> None:
-        self.base = cluster.url
-        self.session = session
-        self.headers = {"Authorization": f"Bearer {cluster.token}"}
-
-    async def request(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
-    ) -> tuple[int, Any]:
-        headers = dict(self.headers)
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body)
-        async with self.session.request(
-            method, self.base + path, data=data, headers=headers
-        ) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text)
-            except ValueError:
-                return resp.status, text
-
-    async def get(self, path: str) -> Any:
-        status, body = await self.request("GET", path)
-        assert status == 200, (path, status, body)
-        return body
+class Api(EmulatorHttp):
+    """The emulator over plain HTTP, plus what these tests ask of it."""
 
     async def running_pods(self, ns: str, selector: str) -> list[dict[str, Any]]:
         """Running, ready pods matching a label selector, not being deleted."""

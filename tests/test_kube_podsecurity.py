@@ -29,6 +29,7 @@ pytest_plugins = ["tests.kube.fixtures"]
 
 from tests.kube import kube_options  # noqa: E402
 from tests.kube import wait_for_async as wait_for  # noqa: E402
+from tests.kube.http import EmulatorHttp  # noqa: E402
 from tests.kube.podsecurity import (  # noqa: E402
     Identity,
     RunAsRefused,
@@ -159,22 +160,7 @@ print("RESULT " + json.dumps({{
 """
 
 
-class Api:
-    def __init__(self, cluster, session: aiohttp.ClientSession) -> None:
-        self.base = cluster.url
-        self.session = session
-        self.headers = {"Authorization": f"Bearer {cluster.token}"}
-
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        async with self.session.request(
-            method, self.base + path, json=body, headers=self.headers
-        ) as resp:
-            text = await resp.text()
-            try:
-                return resp.status, json.loads(text)
-            except ValueError:
-                return resp.status, text
-
+class Api(EmulatorHttp):
     async def create(self, path: str, body: dict[str, Any]) -> None:
         status, answer = await self.request("POST", path, body)
         assert status == 201, answer
