@@ -105,8 +105,9 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     backend.hub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     # Pulling a large image onto a new node takes minutes (dask-gateway's default is 60 s).
-    c.ClusterConfig.cluster_start_timeout = float(kube.get("cluster_start_timeout", 600))
-    c.ClusterConfig.worker_start_timeout = float(kube.get("worker_start_timeout", 600))
+    # Settings of the backend, not of ClusterConfig (which has no such traits).
+    backend.cluster_start_timeout = float(kube.get("cluster_start_timeout", 600))
+    backend.worker_start_timeout = float(kube.get("worker_start_timeout", 600))
     c.KubeSpaceClusterConfig.image = kube["cluster_image"]
     c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
     c.KubeSpaceClusterConfig.node_selector = dict(kube.get("user_node_selector") or {})

@@ -813,8 +813,12 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     assert backend.hub_api_url == "http://hub:8081/hub/api"
     assert c.KubeSpaceClusterConfig.image == settings["kubernetes"]["cluster_image"]
     assert c.KubeSpaceClusterConfig.image_pull_secrets == []
-    # Minutes, not dask-gateway's 60 s: a new node first pulls the cluster image.
-    assert c.ClusterConfig.cluster_start_timeout == c.ClusterConfig.worker_start_timeout == 600
+    # Minutes, not dask-gateway's 60 s: a new node first pulls the cluster image. Read from
+    # a backend made from this config: ClusterConfig has no such setting, it would be lost.
+    from clusterhub.gateway.kube import KubeSpaceBackend
+
+    made = KubeSpaceBackend(config=c)
+    assert made.cluster_start_timeout == made.worker_start_timeout == 600
     assert c.Proxy.address == ":8000" and c.Proxy.tcp_address == ":8786"
 
 
