@@ -4,6 +4,7 @@
     python benchmarks/local_platform.py cluster [--repeat 5]
     python benchmarks/local_platform.py surge   [--users 20]
     python benchmarks/local_platform.py accounts [--users 5] [--repeat 5]
+    python benchmarks/local_platform.py capacity [--users 30]
     python benchmarks/local_platform.py all
 
 spawn:   spawn-to-ready of LocalSpaceSpawner vs JupyterHub's SimpleLocalProcessSpawner,
@@ -16,6 +17,12 @@ surge:   N users log in through the form at once; users ready per minute, ours v
 accounts: as root, the per-attendee accounts and fences against --single-account on the same
          machine: spawn-to-ready (goal: ratio <= 1.1) and Dask cluster ready, new_cluster +
          2 workers (goal: ratio <= 1.2); also the memory each profile's fence gives.
+capacity: N attendees arrive at once, each a server, a 2-worker cluster and a 20-task map
+         (see benchmarks/capacity.py), on plain JupyterHub + SimpleLocalProcessSpawner with
+         LocalCluster in the kernel (timeouts raised so it can finish), then on ours: failures
+         and causes, server/cluster ready p50/p95, CPU-s and USS MB per attendee, stop time.
+         Goals at 30: no failures, CPU per attendee at most half of before, cluster-ready
+         p95 <= 2 x p50, <= 300 MB per attendee, stop within 20 s.
 """
 
 from __future__ import annotations
@@ -43,10 +50,16 @@ c.SimpleLocalProcessSpawner.home_dir_template = {homes!r} + "/{{username}}"
 c.SimpleLocalProcessSpawner.args = ["--ServerApp.allow_root=True"]
 """
 
+# A room arriving at once needs minutes, not JupyterHub's 60 s start and 30 s HTTP timeouts.
+PATIENT_PLAIN_CONFIG = """
+c.Spawner.start_timeout = 1800
+c.Spawner.http_timeout = 1800
+"""
+
 
 @contextmanager
 def platform(
-    root: str, plain: bool = False, extra: tuple[str, ...] = ()
+    root: str, plain: bool = False, extra: tuple[str, ...] = (), plain_extra: str = ""
 ) -> Iterator[RunningPlatform]:
     """A running platform; stopped, its accounts and data removed, at the end."""
     extra_args = list(extra)
@@ -54,7 +67,7 @@ def platform(
         config = os.path.join(root, "plain_config.py")
         os.makedirs(root, exist_ok=True)
         with open(config, "w") as f:
-            f.write(PLAIN_CONFIG.format(homes=os.path.join(root, "plain-homes")))
+            f.write(PLAIN_CONFIG.format(homes=os.path.join(root, "plain-homes")) + plain_extra)
         extra_args += ["--config", config]
     with running_platform(root, extra_args=extra_args) as running:
         yield running
@@ -260,11 +273,33 @@ def bench_surge(users: int) -> None:
     )
 
 
+def bench_capacity(users: int, only: str = "") -> None:
+    from capacity import compare, room
+
+    rooms = []
+    for label, plain in (("plain", True), ("clusterhub", False)):
+        if only and label != only:
+            continue
+        with tempfile.TemporaryDirectory() as root:
+            with platform(root, plain, plain_extra=PATIENT_PLAIN_CONFIG) as running:
+                rooms.append(room(running, users, plain, label))
+                # Stopped and timed by room(); the context only checks nothing is left.
+        time.sleep(10)  # let the machine settle between the two rooms
+    compare(rooms)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=textwrap.dedent(__doc__ or ""))
-    parser.add_argument("which", choices=["spawn", "cluster", "surge", "accounts", "all"])
+    benches = ["spawn", "cluster", "surge", "accounts", "capacity", "all"]
+    parser.add_argument("which", choices=benches)
     parser.add_argument("--users", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--only",
+        choices=["plain", "clusterhub"],
+        default="",
+        help="capacity: measure one room only (e.g. ours on an older commit)",
+    )
     args = parser.parse_args()
     if args.which in ("spawn", "all"):
         bench_spawn(args.users or 5)
@@ -274,6 +309,8 @@ def main() -> None:
         bench_surge(args.users or 20)
     if args.which in ("accounts", "all"):
         bench_accounts(args.users or 5, args.repeat)
+    if args.which in ("capacity", "all"):
+        bench_capacity(args.users or 30, args.only)
 
 
 if __name__ == "__main__":
