@@ -60,7 +60,10 @@ def describe(pid: int) -> str:
     return f"{pid} {cmdline[:300] or '[no command line]'}"
 
 
-TEMPORARY_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# /run/clusterhub: the platforms' short runtime dirs (kernel sockets, the start queue).
+TEMPORARY_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/clusterhub")
+# Kept on purpose across platforms: the lock that serialises making accounts.
+MACHINE_WIDE = {"/run/clusterhub/accounts.lock"}
 # clusterhub.accounts writes "clusterhub user <name>" and "clusterhub build account".
 ACCOUNT_GECOS = "clusterhub "
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -71,7 +74,11 @@ def shared_state() -> set[str]:
     found: set[str] = set()
     for top in TEMPORARY_DIRS:
         try:
-            found.update(os.path.join(top, name) for name in os.listdir(top))
+            found.update(
+                os.path.join(top, name)
+                for name in os.listdir(top)
+                if os.path.join(top, name) not in MACHINE_WIDE
+            )
         except OSError:
             pass
     try:

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="an extra JupyterHub config file (Python), loaded after clusterhub's own",
     )
+    up.add_argument(
+        "--start-slots",
+        type=_count("--start-slots", 0, 1024),
+        default=0,
+        help="how many starts of servers, kernels, Dask schedulers and workers run at once; "
+        "the rest wait their turn (0, the default: one per core)",
+    )
     accounts = up.add_argument_group(
         "attendees (as root)",
         "Run as root, each attendee gets a system account of their own and a control group "

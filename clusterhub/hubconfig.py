@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import gateway
+from . import admission, gateway
 from .procs import PLATFORM_MARKER
 from .settings import GATEWAY_SERVICE, SETTINGS_ENV, PlatformSettings
 
@@ -69,7 +69,10 @@ def _configure_common(c, settings: PlatformSettings) -> None:
 
     c.JupyterHub.concurrent_spawn_limit = settings.concurrent_spawn_limit
     c.Spawner.default_url = "/lab"
-    c.Spawner.start_timeout = 300
+    # Locally a start first waits for its turn (clusterhub.admission): a room arriving at
+    # once may queue for many minutes, and LocalSpaceSpawner.launch_timeout bounds the start
+    # itself once its turn has come.
+    c.Spawner.start_timeout = 1800 if settings.mode == "local" else 300
     c.Spawner.http_timeout = 120
     c.Spawner.server_token_scopes = [
         "access:servers!server",
@@ -134,6 +137,8 @@ def _configure_local(c, settings: PlatformSettings) -> None:
                 SETTINGS_ENV: os.environ.get(SETTINGS_ENV, settings.path("run", "settings.json")),
                 "PATH": os.environ.get("PATH", ""),
                 PLATFORM_MARKER: os.path.abspath(settings.data_dir),
+                # Schedulers and workers take turns with every other start (see up.py).
+                admission.SOCKET_ENV: os.environ.get(admission.SOCKET_ENV, ""),
             },
             "display": False,
         }

@@ -13,6 +13,8 @@ EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 # "LOW-HIGH": choose every port from this range instead (firewall rules; or several
 # platforms, or test runners, on one machine that must never pick the same port).
 PORT_RANGE_ENV = "CLUSTERHUB_PORT_RANGE"
+# The longest path a Unix socket may have (sun_path holds 108 bytes with its final NUL).
+SOCKET_PATH_MAX = 107
 _handed_out: set[int] = set()
 
 

@@ -70,6 +70,8 @@ class PlatformSettings:
     account_uid_max: int = 29999
     max_accounts: int = 0
     max_servers: int = 0
+    # Local mode: starts (servers, kernels, schedulers, workers) at once; 0: one per core.
+    start_slots: int = 0
     mode: str = "local"
     kubernetes: dict = field(default_factory=dict)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from cryptography.fernet import Fernet
 
-from . import procs
+from . import admission, kernel_sockets, procs
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
@@ -245,6 +245,12 @@ class Platform:
         self.settings = settings
         self.hub: subprocess.Popen | None = None
         self.log_path = settings.path("logs", "hub.log")
+        self.runtime_root = kernel_sockets.runtime_root(platform_id(settings.data_dir))
+        # In this process, not the hub's: the queue outlives a restart of the hub.
+        self.admission = admission.ServerThread(
+            admission.socket_path(platform_id(settings.data_dir)),
+            settings.start_slots or admission.default_slots(),
+        )
 
     def start(self) -> None:
         s = self.settings
@@ -253,7 +259,9 @@ class Platform:
         secure_data_dir(s)
         settings_file = s.path("run", "settings.json")
         s.save(settings_file)
+        self.admission.start()
         env = dict(os.environ)
+        env[admission.SOCKET_ENV] = self.admission.server.path
         env[SETTINGS_ENV] = settings_file
         env[procs.PLATFORM_MARKER] = s.data_dir
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
@@ -312,6 +320,9 @@ class Platform:
         left = procs.sweep(procs.PLATFORM_MARKER, self.settings.data_dir)
         if left:
             _say(f"  stopped {left} leftover processes")
+        self.admission.stop()
+        # Kernel sockets of spaces that were not stopped one by one (a hub killed by force).
+        kernel_sockets.remove_root(self.runtime_root)
         if self.settings.user_accounts:
             # Users' control groups, and anything still in them.
             left = remove_platform_groups(platform_id(self.settings.data_dir))
@@ -378,6 +389,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         account_uid_max=getattr(args, "uid_range", (20000, 29999))[1],
         max_accounts=getattr(args, "max_accounts", 0),
         max_servers=getattr(args, "max_servers", 0),
+        start_slots=getattr(args, "start_slots", 0),
     )
     return settings, generated
 

@@ -8,7 +8,10 @@ them. On top of it:
   carries the space's marker, so stopping the space finds them all;
 - clusters of a user whose server is not running are reaped (a cluster must
   never outlive the notebook that made it);
-- the user's profile bounds what a cluster may ask for.
+- the user's profile bounds what a cluster may ask for;
+- each scheduler and worker start waits for its turn in the machine's start queue (see
+  :mod:`clusterhub.admission`), and its start timeout counts from that turn, not from when
+  it was asked for: 30 attendees asking at once must not time each other out.
 
 With per-user accounts (the hub runs as root, see ``clusterhub.accounts``), a cluster's
 scheduler and workers run as their owner's account, in the owner's control group, as the
@@ -28,8 +31,10 @@ import asyncio
 import os
 
 from dask_gateway_server.backends.local import UnsafeLocalBackend
-from traitlets import Float, Integer, Unicode
+from dask_gateway_server.utils import timestamp
+from traitlets import Float, Integer, Unicode, default
 
+from clusterhub import admission
 from clusterhub.accounts import identity_of
 from clusterhub.space import LocalSpace
 
@@ -62,6 +67,28 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         100 MB while it waits. Three cover a new cluster with two workers; 0 turns this off.
         """,
     )
+
+    # A start's timeout counts from its turn (see _turn_then), when it gets most of a core;
+    # a machine busy with a room's kernels and clients still slows it, so keep slack.
+    @default("cluster_start_timeout")
+    def _default_cluster_start_timeout(self):
+        return 300.0
+
+    @default("worker_start_timeout")
+    def _default_worker_start_timeout(self):
+        return 300.0
+
+    # A scheduler that is late to heartbeat on a busy machine is not dead: a dead one is
+    # found by its pid (cluster_status_period). Only a scheduler hung this long is stopped.
+    @default("cluster_heartbeat_timeout")
+    def _default_cluster_heartbeat_timeout(self):
+        return 600.0
+
+    # Starts waiting for their turn each hold a handler: enough for a full room's clusters,
+    # so that a stop is never stuck behind them.
+    @default("parallelism")
+    def _default_parallelism(self):
+        return 200
 
     def space(self, username: str) -> LocalSpace:
         return LocalSpace(self.data_dir, username)
@@ -126,6 +153,40 @@ class LocalSpaceBackend(UnsafeLocalBackend):
             env["TMPDIR"] = os.path.join(workdir, "work")
         return env
 
+    # -- turns ------------------------------------------------------------------------------
+    async def _turn_then(self, start, record, key: tuple[str, str], owner: str, kind: str):
+        """Wait for a turn, restart the start's clock (``record``), run ``start``; the
+        turn goes back once the process listens (see start_process) or the start failed."""
+        account, _ = identity_of(self.identity(owner))
+        turn = admission.Turn(kind, owner, uid=account.uid if account else None)
+        await turn.wait()
+        record(start_time=timestamp())
+        self._turns[key] = turn
+        try:
+            await start()
+        finally:
+            left = self._turns.pop(key, None)
+            if left is not None:  # the start failed before a process existed
+                left.release()
+
+    async def _cluster_to_submitted(self, cluster):
+        await self._turn_then(
+            lambda: super(LocalSpaceBackend, self)._cluster_to_submitted(cluster),
+            lambda **changes: self.db.update_cluster(cluster, **changes),
+            (cluster.name, "scheduler"),
+            cluster.username,
+            "scheduler",
+        )
+
+    async def _worker_to_submitted(self, worker):
+        await self._turn_then(
+            lambda: super(LocalSpaceBackend, self)._worker_to_submitted(worker),
+            lambda **changes: self.db.update_worker(worker, **changes),
+            (worker.cluster.name, f"worker-{worker.name}"),
+            worker.cluster.username,
+            "worker",
+        )
+
     async def start_process(self, cluster, cmd, env, name) -> int:
         workdir = cluster.state["workdir"]
         log_path = os.path.join(self.get_logs_directory(workdir), name + ".log")
@@ -134,6 +195,10 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         pid = await self._warm_pool.start(cmd, env, work, log_path, identity)
         if pid is None:
             pid = await self._start_cold(cmd, env, work, log_path, identity)
+        turn = self._turns.pop((cluster.name, name), None)
+        if turn is not None:
+            # Its imports are done once it listens; a warm one is there almost at once.
+            turn.release_when(lambda: admission.pid_listens(pid))
         return pid
 
     async def _start_cold(self, cmd, env, cwd: str, log_path: str, identity: dict) -> int:
@@ -163,6 +228,7 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         return proc.pid
 
     async def do_setup(self) -> None:
+        self._turns: dict[tuple[str, str], admission.Turn] = {}
         await super().do_setup()
         self._warm_pool = WarmInterpreterPool(
             self.warm_interpreters, self.data_dir or os.getcwd(), self.log

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import psutil
 
 from clusterhub import procs
+from clusterhub.ports import SOCKET_PATH_MAX
 
 # Variables read while Python starts or while Dask is imported, which the assignment cannot
 # change afterwards: a warm interpreter only serves commands that agree on them.
@@ -44,9 +45,8 @@ BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
 Fingerprint = tuple[str, tuple[str, ...]]
 # Where warm interpreters keep temporary files, under the pool's directory.
 WARM_TMP = "warm-tmp"
-# A Unix socket's path holds at most 107 bytes; multiprocessing puts the fork server's at
-# <TMPDIR>/pymp-XXXXXXXX/listener-XXXXXXXX (32 more). Past that it cannot listen at all.
-SOCKET_PATH_MAX = 107
+# multiprocessing puts the fork server's socket at <TMPDIR>/pymp-XXXXXXXX/listener-XXXXXXXX
+# (32 more bytes); past SOCKET_PATH_MAX it cannot listen at all.
 FORK_SERVER_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 # Refills wait until less than this share of the machine's CPU was busy over a delay.
 QUIET_CPU_FRACTION = 0.5

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from clusterhub import admission
 
 from .errors import (
     BAD_REQUEST,
@@ -120,7 +123,24 @@ class DaskClusters:
         return report
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.describe(report) for report in self.reports().values()]
+        entries = [self.describe(report) for report in self.reports().values()]
+        if any(e["state"] == "pending" or e["state"] == "running" for e in entries):
+            self._add_waiting(entries)
+        return entries
+
+    @staticmethod
+    def _add_waiting(entries: list[dict[str, Any]]) -> None:
+        """On a busy machine a scheduler or worker start waits for its turn (see
+        clusterhub.admission): say where it is in the queue, on the cluster it is for."""
+        try:
+            summary = admission.queue_of(os.environ.get("JUPYTERHUB_USER", ""))
+        except (OSError, ValueError):
+            return  # the queue is an aid: without it the listing is still right
+        for entry in entries:
+            kinds = ("scheduler",) if entry["state"] == "pending" else ("worker",)
+            note = admission.waiting_note(summary, kinds)
+            if note:
+                entry["waiting"] = note
 
     def describe(self, report: Any) -> dict[str, Any]:
         state = report.status.name.lower()

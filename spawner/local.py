@@ -28,8 +28,9 @@ import os
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from tornado import web
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
 
+from clusterhub import admission, kernel_provisioner, kernel_sockets
 from clusterhub import profiles as profile_rules
 from clusterhub.accounts import (
     Account,
@@ -131,6 +132,31 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
     def _default_platform_id(self):
         return platform_id(self.data_dir)
 
+    launch_timeout = Integer(
+        300,
+        min=1,
+        config=True,
+        help="""Seconds a server's start may take once its turn in the machine's start queue
+        has come (see clusterhub.admission); then JupyterHub's ``http_timeout`` applies.
+
+        JupyterHub's ``start_timeout`` also counts the wait for a turn, so the platform sets
+        it to cover a full room's queue.""",
+    )
+
+    kernel_transport = CaselessStrEnum(
+        ["ipc", "tcp"],
+        "ipc",
+        config=True,
+        help="""How a notebook server talks to its kernels: ``ipc`` (Unix sockets in a
+        runtime directory private to the user) or ``tcp`` (loopback ports).
+
+        ``ipc`` (the default) cannot fail the way TCP does when many kernels start at once
+        (jupyter_client chooses a kernel's ports before the kernel binds them, so another
+        server's kernel may take one; see clusterhub.kernel_sockets), and no other account
+        can connect to a kernel. Where the runtime directory's path is too long for a Unix
+        socket, kernels use TCP and the hub says why.""",
+    )
+
     @default("options_form")
     def _default_options_form(self):
         fenced = bool(self.user_accounts and self.fences)
@@ -217,9 +243,29 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         command = environment.rebase_command(self._configured_cmd)
         return [environment.start, *command] if environment.start else command
 
+    # -- kernels ------------------------------------------------------------------------------
+    @property
+    def kernel_runtime_dir(self) -> str:
+        """The notebook server's runtime directory, where its kernels' sockets are."""
+        root = kernel_sockets.runtime_root(self.platform_id)
+        return kernel_sockets.space_runtime_dir(root, self.space.name)
+
+    def kernels_use_ipc(self) -> bool:
+        if self.kernel_transport != "ipc":
+            return False
+        reason = kernel_sockets.too_long_reason(self.kernel_runtime_dir)
+        if reason:
+            self.log.warning("Kernels of %s use TCP: %s", self.user.name, reason)
+        return reason is None
+
     def get_env(self):
         env = super().get_env()
         space = self.space
+        if getattr(self, "_kernels_ipc", False):
+            env["JUPYTER_RUNTIME_DIR"] = self.kernel_runtime_dir
+        if os.environ.get(admission.SOCKET_ENV):
+            # Its kernels take turns with every other start on the machine.
+            env[admission.SOCKET_ENV] = os.environ[admission.SOCKET_ENV]
         env.update(space.marker_env())
         env.update(space.environment().process_env(env.get("PATH", "")))
         env.update(self.gateway_env())
@@ -252,10 +298,50 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         args = super().get_args()
         if os.geteuid() == 0 and getattr(self, "_account", None) is None:
             args.append("--ServerApp.allow_root=True")
+        if getattr(self, "_kernels_ipc", False):
+            args.append("--KernelManager.transport=ipc")
+        if os.environ.get(admission.SOCKET_ENV):
+            # Kernels wait for their turn to start (clusterhub.kernel_provisioner).
+            args.append(
+                f"--KernelProvisionerFactory.default_provisioner_name={kernel_provisioner.NAME}"
+            )
         return args
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self):
+        # The start's turn in the machine's queue (see clusterhub.admission); held until
+        # the server listens. JupyterHub's http_timeout only counts after start() returns.
+        self._queue_position = None
+        turn = admission.Turn("server", self.user.name, on_position=self._on_queue_position)
+        try:
+            await turn.wait()
+        finally:
+            self._queue_position = 0
+        if turn.waited > 1:
+            self.log.info("Server of %s waited %.0f s for its turn", self.user.name, turn.waited)
+        try:
+            ip, port = await asyncio.wait_for(self._start_space(), self.launch_timeout)
+        except BaseException:
+            turn.release()
+            raise
+        self._turn_watch = turn.release_when(lambda: _accepts(ip or "127.0.0.1", port))
+        return ip, port
+
+    def _on_queue_position(self, position: int) -> None:
+        self._queue_position = position
+
+    async def progress(self):
+        """While the server waits for its turn, its place in the queue (the spawn page)."""
+        shown = None
+        while getattr(self, "_queue_position", None) != 0:
+            position = getattr(self, "_queue_position", None)
+            if position and position != shown:
+                shown = position
+                yield {"progress": 5, "message": admission.describe_position(position)}
+            await asyncio.sleep(0.5)
+        yield {"progress": 50, "message": "Starting your server"}
+
+    async def _start_space(self) -> tuple[str, int]:
         options = self.space_options()
         space = self.space
         self._account = account = await self.space_account()
@@ -271,6 +357,14 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             fence={"platform_id": fence.platform_id, "name": fence.name} if fence else None,
         )
         self.cmd = self.notebook_command(environment)
+        self._kernels_ipc = self.kernels_use_ipc()
+        if self._kernels_ipc:
+            await asyncio.to_thread(
+                kernel_sockets.prepare,
+                self.kernel_runtime_dir,
+                account.uid if account else None,
+                account.gid if account else None,
+            )
         self.log.info(
             "Server of %s uses environment %s, runs as %s%s",
             self.user.name,
@@ -333,6 +427,9 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             self.space.write_state(engines=engines_state)
 
     async def stop(self, now=False):
+        watch = getattr(self, "_turn_watch", None)
+        if watch is not None:
+            watch.cancel()  # gives the start's turn back
         space = self.space
         # First, so that the gateway refuses new clusters and reaps any it still has.
         space.write_state(active=False)
@@ -362,6 +459,18 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         left = await asyncio.to_thread(space.sweep, account.uid if account else None)
         if left:
             self.log.info("Stopped %d leftover processes of %s", left, self.user.name)
+        # After the sweep: no kernel of the space is left to use its sockets.
+        await asyncio.to_thread(kernel_sockets.remove, self.kernel_runtime_dir)
         if fence is not None:
             # Whatever is still in the user's group (a process that escaped the markers).
             await asyncio.to_thread(fence.remove)
+
+
+async def _accepts(ip: str, port: int) -> bool:
+    """Whether something listens at ip:port (the server has done its imports)."""
+    try:
+        _, writer = await asyncio.open_connection(ip, port)
+    except OSError:
+        return False
+    writer.close()
+    return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import stat
 import textwrap
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 import requests
 from hubclient import BrowserUser, marked_processes, running_platform
 
+from clusterhub import kernel_sockets
 from clusterhub.fences import Fence, cgroup_version, platform_id
 from clusterhub.fences import unavailable_reason as fence_unavailable
 from clusterhub.space import safe_name
@@ -74,6 +76,8 @@ def platform(tmp_path_factory):
         places = [group] if version == 2 else [f"{c}/{group}" for c in ("memory", "cpu", "pids")]
         left = [p for p in places if os.path.exists(os.path.join("/sys/fs/cgroup", p))]
         assert not left, f"control groups left behind: {left}"
+    # Nor the kernels' runtime directories.
+    assert not os.path.exists(kernel_sockets.runtime_root(platform_id(running.data_dir)))
 
 
 def started(platform, name: str, profile: str = "all") -> BrowserUser:
@@ -262,6 +266,63 @@ def test_alice_cannot_signal_bobs_processes_or_the_hub(platform, alice_kernel):
     assert f"refused {len(bob_pids) + 1} of {len(bob_pids) + 1}" in out, out
     assert "own ok" in out
     assert all(psutil.pid_exists(pid) for pid in bob_pids)
+
+
+CONNECTION_INFO = """
+import json, ipykernel
+path = ipykernel.get_connection_file()
+print(json.dumps({"file": path, **json.load(open(path))}))
+"""
+
+
+def kernel_connection(kernel) -> dict:
+    out = run(kernel, CONNECTION_INFO)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_kernels_listen_on_sockets_only_their_owner_can_open(platform, alice_kernel, bob_kernel):
+    alice_info, bob_info = kernel_connection(alice_kernel), kernel_connection(bob_kernel)
+    root = kernel_sockets.runtime_root(platform_id(platform.data_dir))
+    for name, info in (("alice", alice_info), ("bob", bob_info)):
+        assert info["transport"] == "ipc", info
+        runtime = os.path.dirname(info["file"])
+        assert runtime == kernel_sockets.space_runtime_dir(root, safe_name(name))
+        status = os.stat(runtime)
+        assert (status.st_uid, status.st_mode & 0o777) == (uid_of(platform, name), 0o700)
+        # Its five channels are socket files named after the kernel: no port was chosen
+        # before the kernel bound it, so no other kernel can take one in between. (ipykernel
+        # still binds one loopback port of its own, for output of forked subprocesses:
+        # bound at once, never chosen first.)
+        channels = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        for channel in channels:
+            path = f"{info['ip']}-{info[channel]}"
+            assert path.startswith(runtime + "/") and stat.S_ISSOCK(os.stat(path).st_mode)
+    bob_shell = f"{bob_info['ip']}-{bob_info['shell_port']}"
+    alice_shell = f"{alice_info['ip']}-{alice_info['shell_port']}"
+    out = run(
+        alice_kernel,
+        f"""
+        import os, socket
+        for what, path in (("bob's runtime dir", {os.path.dirname(bob_info["file"])!r}),):
+            try:
+                os.listdir(path)
+                print(what, "LISTED")
+            except PermissionError:
+                print(what, "refused")
+        for what, path in (("bob's shell", {bob_shell!r}), ("own shell", {alice_shell!r})):
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                print(what, "connected")
+            except PermissionError:
+                print(what, "refused")
+            finally:
+                s.close()
+        """,
+    )
+    assert "bob's runtime dir refused" in out, out
+    assert "bob's shell refused" in out, out
+    assert "own shell connected" in out, out  # control: her own kernel's socket opens
 
 
 def test_alice_cannot_run_code_on_bobs_engines(platform, alice_kernel, bob_kernel):

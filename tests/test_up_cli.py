@@ -43,6 +43,8 @@ def error_line(result):
         (["--ip", "somewhere"], "--ip must be an IP address of this machine"),
         (["--workshop-code", "short"], "--workshop-code must be 8 to 128 characters"),
         (["--config", "/nonexistent/config.py"], "--config: no such file: /nonexistent/config.py"),
+        (["--start-slots", "2000"], "--start-slots must be from 0 to 1024, not 2000"),
+        (["--start-slots", "-1"], "--start-slots must be from 0 to 1024, not -1"),
     ],
 )
 def test_bad_flags(tmp_path, args, message):

@@ -12,6 +12,8 @@ export interface ICluster {
   memory: number | null;
   dashboard: string | null;
   error?: string;
+  /** Where a start of this cluster waits in the machine's start queue, in words. */
+  waiting?: string;
   requested_workers?: number | null;
   options?: Record<string, unknown>;
   started?: number | null;

@@ -66,6 +66,7 @@ class ClusterCard {
     this._state = el('span', { class: 'jp-ClusterHub-state' });
     this._stats = el('div', { class: 'jp-ClusterHub-stats' });
     this._error = el('div', { class: 'jp-ClusterHub-clusterError' });
+    this._waiting = el('div', { class: 'jp-ClusterHub-waiting', role: 'status' });
     this._workers = el('input', {
       type: 'number',
       min: '0',
@@ -128,7 +129,7 @@ class ClusterCard {
       this._hosts,
       this._stop
     );
-    this.node.append(head, this._stats, this._error, scaleRow);
+    this.node.append(head, this._stats, this._waiting, this._error, scaleRow);
     if (dask) {
       this.node.append(adaptRow);
     }
@@ -182,6 +183,8 @@ class ClusterCard {
     this._stats.textContent = parts.join(' · ');
     this._error.textContent = cluster.error ?? '';
     this._error.hidden = !cluster.error;
+    this._waiting.textContent = cluster.waiting ?? '';
+    this._waiting.hidden = !cluster.waiting;
     const max = String(limits?.workers ?? 64);
     for (const input of [this._workers, this._minimum, this._maximum]) {
       input.max = max;
@@ -288,6 +291,7 @@ class ClusterCard {
   private _state: HTMLSpanElement;
   private _stats: HTMLDivElement;
   private _error: HTMLDivElement;
+  private _waiting: HTMLDivElement;
   private _workers: HTMLInputElement;
   private _scale: HTMLButtonElement;
   private _adapt: HTMLInputElement;
