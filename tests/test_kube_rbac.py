@@ -253,3 +253,85 @@ async def test_a_pod_gets_its_own_service_accounts_token(
     finally:
         await api.close()
     await v1.delete_namespaced_pod("p", NS, grace_period_seconds=0)
+
+
+async def exec_frames(url: str, token: str, pod: str, command: list[str], **query: str) -> dict:
+    """pods/exec over a WebSocket, as kubectl and the Kubernetes clients speak it: the bytes
+    of each channel (1 stdout, 2 stderr, 3 the closing Status)."""
+    import aiohttp
+
+    params = [("command", part) for part in command] + [
+        ("stdout", "true"),
+        ("stderr", "true"),
+        *query.items(),
+    ]
+    frames: dict[int, bytes] = {}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(
+            f"{url}/api/v1/namespaces/{NS}/pods/{pod}/exec",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            protocols=("v4.channel.k8s.io",),
+            ssl=False,
+        ) as ws:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.BINARY:
+                    frames[message.data[0]] = frames.get(message.data[0], b"") + message.data[1:]
+    return frames
+
+
+@pytest.mark.asyncio
+async def test_exec_needs_create_on_pods_exec_and_runs_in_the_container(
+    kube_api: KubeCluster, kube_client: Any, robot: Any
+) -> None:
+    import aiohttp
+
+    v1 = client.CoreV1Api(kube_client)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="box"),
+        spec=client.V1PodSpec(
+            containers=[
+                client.V1Container(
+                    name="main",
+                    image="python:3.11",
+                    command=sleeper,
+                    env=[client.V1EnvVar(name="GREETING", value="from the container")],
+                )
+            ]
+        ),
+    )
+    await v1.create_namespaced_pod(NS, pod)
+
+    async def running() -> bool:
+        return (await v1.read_namespaced_pod("box", NS)).status.phase == "Running"
+
+    await wait_for(running, 20)
+    robot_token = robot.configuration.api_key["BearerToken"]
+    script = ["sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 3']
+
+    # Reading pods and even "get" on pods/exec is not enough: the upgrade needs create.
+    rbac = client.RbacAuthorizationV1Api(kube_client)
+    getter = {"apiGroups": [""], "resources": ["pods", "pods/exec"], "verbs": ["get"]}
+    await rbac.create_namespaced_role(NS, role("getter", getter))
+    await rbac.create_namespaced_role_binding(NS, binding("getter", "Role", "getter"))
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await exec_frames(kube_api.url, robot_token, "box", script)
+    assert caught.value.status == 403
+
+    execer = {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}
+    await rbac.create_namespaced_role(NS, role("execer", execer))
+    await rbac.create_namespaced_role_binding(NS, binding("execer", "Role", "execer"))
+    frames = await exec_frames(kube_api.url, robot_token, "box", script)
+    assert frames[1] == b"from the container\n" and frames[2] == b"oops\n"
+    status = json.loads(frames[3])
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+    assert json.loads((await exec_frames(kube_api.url, robot_token, "box", ["true"]))[3]) == {
+        "metadata": {},
+        "status": "Success",
+    }
+    # What it does not emulate it refuses, naming it.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+        await exec_frames(kube_api.url, robot_token, "box", ["cat"], stdin="true")
+    assert caught.value.status == 400

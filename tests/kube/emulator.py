@@ -60,7 +60,10 @@ Emulated
   objects come and go. The ReplicaSet controller retries pods admission refused, with a
   FailedCreate event. Quantities come back in canonical form.
 * pods/log is proxied to the kubelet's HTTP endpoint, which the kubelet registers in its Node
-  object (``status.daemonEndpoints``), as the real API server does.
+  object (``status.daemonEndpoints``), as the real API server does; so is pods/exec without
+  stdin or tty, answered over a WebSocket (``v4.channel.k8s.io``: stdout on channel 1, stderr
+  on 2, the Status with the exit code on 3) and authorised as ``create`` on ``pods/exec``,
+  as from Kubernetes 1.31.
 
 Not emulated
 ------------
@@ -69,7 +72,8 @@ Not emulated
 * Server-side apply (``application/apply-patch+yaml`` is answered 415), ``dryRun`` (400),
   managedFields, Table output, protobuf, aggregated discovery, OpenAPI documents.
 * CustomResourceDefinitions and any kind not listed above; ``/api/v1/watch/...`` legacy paths.
-* pods/exec, attach, portforward, eviction, namespaces/finalize.
+* pods/exec with stdin or a tty (a command's output and exit code are, over the WebSocket
+  channel protocol); attach, portforward, eviction, namespaces/finalize.
 * Scheduling constraints other than nodeSelector (the kubelet doubles as scheduler); rolling
   update pacing (maxSurge/maxUnavailable, minReadySeconds: the new ReplicaSet is scaled up and
   old ones to 0 at once), HPA, Endpoints/EndpointSlices, kube-proxy (a service clusterIP is
@@ -872,6 +876,9 @@ class KubeEmulator(Controllers):
                 verb = "watch" if watch else "list"
             else:
                 verb = {"POST": "create", "DELETE": "deletecollection"}.get(method, method.lower())
+        elif sub == "exec":
+            # A WebSocket upgrade is a GET, but exec needs create (Kubernetes 1.31 and later).
+            verb = "create"
         else:
             verb = _NAMED_VERBS.get(method, method.lower())
         req = RbacRequest(verb, rt.group, rt.plural, sub or "", ns or "", name or "")
@@ -1008,6 +1015,8 @@ class KubeEmulator(Controllers):
                     )
                 elif sub == "log":
                     s.update(kind="Pod", verbs=["get"])
+                elif sub == "exec":
+                    s.update(kind="PodExecOptions", verbs=["create", "get"])
                 elif sub == "binding":
                     s.update(kind="Binding", verbs=["create"])
                 resources.append(s)
@@ -1081,6 +1090,9 @@ class KubeEmulator(Controllers):
                 raise method_not_allowed()
             self._count(request, "get", resource)
             return await self._pod_log(request, ns, name)
+        if sub == "exec":
+            self._count(request, "create", resource)
+            return await self._pod_exec(request, ns or "", name)
         if sub == "binding":
             if method != "POST":
                 raise method_not_allowed()
@@ -1455,13 +1467,11 @@ class KubeEmulator(Controllers):
             status=201,
         )
 
-    async def _pod_log(self, request: web.Request, ns: str | None, name: str) -> web.StreamResponse:
-        q = request.query
-        pod = self._get(PODS, ns, name)
+    def _pod_container(self, pod: Obj, name: str, container: str | None) -> str:
+        """The container a log or exec request means (the only one, or the named one)."""
         spec = pod["spec"]
         names = [c["name"] for c in spec.get("containers") or []]
         init_names = [c["name"] for c in spec.get("initContainers") or []]
-        container = q.get("container")
         if not container:
             if len(names) != 1:
                 raise bad_request(
@@ -1476,6 +1486,11 @@ class KubeEmulator(Controllers):
             container = names[0]
         if container not in names + init_names:
             raise bad_request(f"container {container} is not valid for pod {name}")
+        return container
+
+    def _kubelet_url(self, pod: Obj, container: str) -> str:
+        """Where the kubelet of the pod's node serves it; 400 while the container waits."""
+        spec, name = pod["spec"], pod["metadata"]["name"]
         statuses = {
             s["name"]: s
             for s in (pod.get("status", {}).get("containerStatuses") or [])
@@ -1509,13 +1524,20 @@ class KubeEmulator(Controllers):
             raise ApiError(
                 500, "InternalError", f"no kubelet endpoint registered for node {spec['nodeName']}"
             )
+        return f"http://{address}:{port}"
+
+    async def _pod_log(self, request: web.Request, ns: str | None, name: str) -> web.StreamResponse:
+        q = request.query
+        pod = self._get(PODS, ns, name)
+        container = self._pod_container(pod, name, q.get("container"))
+        kubelet = self._kubelet_url(pod, container)
         params = {
             k: q[k]
             for k in ("follow", "tailLines", "previous", "limitBytes", "timestamps")
             if k in q
         }
         assert self._http is not None
-        url = f"http://{address}:{port}/containerLogs/{ns}/{name}/{container}"
+        url = f"{kubelet}/containerLogs/{ns}/{name}/{container}"
         async with self._http.get(url, params=params) as upstream:
             if upstream.status != 200:
                 text = await upstream.text()
@@ -1533,6 +1555,73 @@ class KubeEmulator(Controllers):
             except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                 pass
             return resp
+
+    async def _pod_exec(self, request: web.Request, ns: str, name: str) -> web.StreamResponse:
+        """pods/exec: the kubelet runs the command in the container; its output and exit code
+        go back over the WebSocket channel protocol, as ``kubectl exec`` reads them."""
+        q = request.query
+        flags = ("stdin", "stdout", "stderr", "tty")
+        flag = {k: q.get(k, "").lower() in ("1", "true") for k in flags}
+        command = q.getall("command", [])
+        if not (flag["stdin"] or flag["stdout"] or flag["stderr"]):
+            raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
+        if not command:
+            raise bad_request("you must specify at least one command for the container")
+        if flag["stdin"] or flag["tty"]:
+            raise bad_request("exec with stdin or a tty is not emulated by the test emulator")
+        pod = self._get(PODS, ns, name)
+        container = self._pod_container(pod, name, q.get("container"))
+        kubelet = self._kubelet_url(pod, container)
+        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS)
+        if not ws.can_prepare(request).ok:
+            raise bad_request("Upgrade request required")
+        await ws.prepare(request)
+        assert self._http is not None
+        url = f"{kubelet}/exec/{ns}/{name}/{container}"
+        async with self._http.post(url, json={"command": command}) as answer:
+            if answer.status != 200:
+                status = {
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": (await answer.text()).strip(),
+                    "reason": "BadRequest",
+                    "code": answer.status,
+                }
+                await ws.send_bytes(b"\x03" + json.dumps(status).encode())
+                await ws.close()
+                return ws
+            result = await answer.json()
+        out, err = base64.b64decode(result["stdout"]), base64.b64decode(result["stderr"])
+        if flag["stdout"] and out:
+            await ws.send_bytes(b"\x01" + out)
+        if flag["stderr"] and err:
+            await ws.send_bytes(b"\x02" + err)
+        await ws.send_bytes(b"\x03" + json.dumps(_exec_status(command, result)).encode())
+        await ws.close()
+        return ws
+
+
+# What kubectl and the Kubernetes clients offer for exec; v4 and later carry the exit code.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+def _exec_status(command: list[str], result: dict) -> Obj:
+    """The Status that ends an exec stream (what the real kubelet sends on channel 3)."""
+    code = int(result["code"])
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    if result.get("error"):
+        return {"metadata": {}, "status": "Failure", "message": result["error"]}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": (
+            f"command terminated with non-zero exit code: error executing command "
+            f"[{' '.join(command)}], exit code {code}"
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
 
 
 class _PageNotFound(Exception):

@@ -65,7 +65,8 @@ as a real process, then reports status through ``pods/<name>/status``.
   in ErrImagePull, then ImagePullBackOff, with a Failed event, and is tried again.
 * Init containers run to completion in order; then the containers start. Readiness probes
   (tcpSocket, httpGet, exec) gate ``ready``; without one a running container is ready. exec
-  probes run inside the container's mount (and UTS) namespace, through ``nsenter``.
+  probes run inside the container's mount (and UTS) namespace, through ``nsenter``, and so
+  do ``pods/exec`` commands (the kubelet's ``/exec`` endpoint, which the API server calls).
   ``periodSeconds`` is capped at ``max_probe_period`` to keep tests fast.
 * Exit -> restart with ``restartCount`` + 1 (Always, or OnFailure with a non-zero code) after
   a short back-off (0.2 s doubling to 5 s instead of 10 s to 5 min), else the container is
@@ -141,6 +142,8 @@ log = logging.getLogger(__name__)
 POD_IP = "127.0.0.1"
 TAG_VARIABLE = "PROCESS_KUBELET_TAG"
 KUBELET_USER_AGENT = "process-kubelet/v1.33.0"
+# The longest a pods/exec command may run (the real kubelet streams without end; tests do not).
+EXEC_TIMEOUT = 300.0
 CLUSTER_DOMAIN = "cluster.local"
 # The head of the hosts file a real kubelet writes into every pod.
 _HOSTS_HEAD = [
@@ -299,6 +302,7 @@ class _Container:
         self.exit_code: int | None = None
         self.probe_task: asyncio.Task[None] | None = None
         self.tag = ""  # set per start: PROCESS_KUBELET_TAG of this run's processes
+        self.env: dict[str, str] = {}  # the running process's environment (for exec)
 
     def status(self) -> Obj:
         st: Obj = {
@@ -582,6 +586,7 @@ class _PodWorker:
                 os.close(setup_write)
         self.k._track(proc)
         c.proc = proc
+        c.env = env
         if setup_read is not None:
             await _until_closed(setup_read)
         c.exit_code = None
@@ -1084,6 +1089,32 @@ class _PodWorker:
                     c.ready = False
                     self.mark_dirty()
             await asyncio.sleep(period)
+
+    async def exec_in(
+        self, c: _Container, argv: list[str], timeout: float = EXEC_TIMEOUT
+    ) -> tuple[bytes, bytes, int]:
+        """Run ``argv`` in running container ``c`` as ``kubectl exec`` does: its user, its
+        environment, its mount (and UTS) namespace. Returns stdout, stderr, exit code."""
+        full = [*self._identity(c).setpriv(_tool("setpriv")), *argv]
+        if self.k.mount_ns and c.proc is not None:
+            ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
+            full = [_tool("nsenter"), f"--target={c.proc.pid}", *ns_flags, "--", *full]
+        proc = await asyncio.create_subprocess_exec(
+            *full,
+            cwd=self.work,
+            env=c.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            out, err = await proc.communicate()
+            return out, err + b"\nexec: timed out\n", 124
+        return out, err, proc.returncode or 0
 
     def _port(self, c: _Container, port: Any) -> int:
         if isinstance(port, int) or str(port).isdigit():
@@ -1723,11 +1754,38 @@ class ProcessKubelet:
     async def _start_log_server(self) -> int:
         app = web.Application()
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._serve_log)
+        app.router.add_post("/exec/{ns}/{pod}/{container}", self._serve_exec)
         self._log_runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
         await self._log_runner.setup()
         site = web.TCPSite(self._log_runner, "127.0.0.1", 0)
         await site.start()
         return int(self._log_runner.addresses[0][1])
+
+    async def _serve_exec(self, request: web.Request) -> web.Response:
+        """Run a command in a running container (no stdin, no tty): the API server's
+        pods/exec relays the result to its client."""
+        ns, pod, cname = (request.match_info[k] for k in ("ns", "pod", "container"))
+        worker = next((w for w in self._workers.values() if w.ns == ns and w.name == pod), None)
+        running = worker.containers if worker is not None else []
+        c = next((x for x in running if x.name == cname), None)
+        if worker is None or c is None:
+            return web.Response(status=404, text=f'container "{cname}" in pod "{pod}" not found')
+        if c.proc is None or c.proc.poll() is not None:
+            return web.Response(
+                status=400, text=f'container "{cname}" in pod "{pod}" is not running'
+            )
+        argv = (await request.json()).get("command") or []
+        try:
+            out, err, code = await worker.exec_in(c, [str(a) for a in argv])
+        except OSError as exc:  # no such executable, as a runtime reports it
+            return web.json_response({"stdout": "", "stderr": "", "code": 126, "error": str(exc)})
+        return web.json_response(
+            {
+                "stdout": base64.b64encode(out).decode(),
+                "stderr": base64.b64encode(err).decode(),
+                "code": code,
+            }
+        )
 
     async def _serve_log(self, request: web.Request) -> web.StreamResponse:
         ns, pod, cname = (request.match_info[k] for k in ("ns", "pod", "container"))

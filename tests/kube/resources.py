@@ -56,7 +56,9 @@ RESOURCES: list[ResourceType] = [
         name_rule="label",
     ),
     ResourceType("", "v1", "nodes", "Node", False, ("no",), ("status",), True),
-    ResourceType("", "v1", "pods", "Pod", True, ("po",), ("status", "log", "binding"), True, True),
+    ResourceType(
+        "", "v1", "pods", "Pod", True, ("po",), ("status", "log", "binding", "exec"), True, True
+    ),
     ResourceType(
         "",
         "v1",
