@@ -88,6 +88,41 @@ def tree_uss_mb(pid: int) -> float:
     return total / 1e6
 
 
+# What each process of the platform is, from its command line (first match wins).
+PROCESS_KINDS = (
+    ("jupyterhub-singleuser", "notebook servers"),
+    ("ipykernel", "kernels"),
+    ("clusterhub.gateway.warm_interpreter", "dask from warm interpreters"),
+    ("multiprocessing.forkserver", "dask workers forked warm"),
+    ("multiprocessing.spawn", "dask workers spawned"),
+    ("dask scheduler", "dask schedulers (cold)"),
+    ("dask worker", "dask nannies (cold)"),
+    ("dask-gateway-proxy", "gateway proxy"),
+    ("dask-gateway-server", "gateway"),
+    ("configurable-http-proxy", "http proxy"),
+    ("jupyterhub_idle_culler", "culler"),
+    ("clusterhub.cli", "clusterhub up"),
+    ("jupyterhub", "hub"),
+)
+
+
+def cpu_by_kind(pid: int) -> dict[str, float]:
+    """CPU-seconds of the live processes under ``pid``, by what they are. What exited (a
+    worker killed and started again, a short-lived helper) is not here: the difference to
+    the machine's busy time is reported as such."""
+    found: dict[str, float] = {}
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            cmdline = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        kind = next((k for part, k in PROCESS_KINDS if part in cmdline), "other")
+        found[kind] = found.get(kind, 0.0) + times.user + times.system
+    return found
+
+
 def wait_ready_as_a_browser(user: BrowserUser) -> None:
     """Follow the spawn-pending page's event stream until the server is ready (or failed)."""
     url = f"{user.base}/hub/api/users/{user.name}/server/progress"
@@ -151,6 +186,7 @@ class RoomResult:
     uss_mb: float
     stop_seconds: float
     leftovers: list[str]
+    cpu_kinds: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> list[str]:
         n = len(self.attendees)
@@ -172,23 +208,33 @@ class RoomResult:
         for a in failures:
             causes[a.failure] = causes.get(a.failure, 0) + 1
         lines += [f"  failure x{count}: {cause}" for cause, count in causes.items()]
+        if self.cpu_kinds:
+            lines.append("  CPU-seconds per attendee, by process (live at the end):")
+            for kind, seconds in sorted(self.cpu_kinds.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {seconds / n:6.2f}  {kind}")
+            gone = self.cpu_seconds - sum(self.cpu_kinds.values())
+            lines.append(f"    {gone / n:6.2f}  exited processes, the benchmark's clients, rest")
         return lines
 
 
 def room(running: RunningPlatform, users: int, plain: bool, label: str) -> RoomResult:
     """Let ``users`` attendees arrive at once on a started platform; stop it; measure."""
     attendees = [Attendee(f"attendee{i}") for i in range(users)]
+    assert running.proc is not None
+    kinds_before = cpu_by_kind(running.proc.pid)  # the platform's own start is not the room's
     cpu_before = busy_cpu_seconds()
     with ThreadPoolExecutor(max_workers=users) as pool:
         list(pool.map(lambda a: arrive(running, a, plain), attendees))
     cpu = busy_cpu_seconds() - cpu_before
-    assert running.proc is not None
     uss = tree_uss_mb(running.proc.pid)
+    kinds = cpu_by_kind(running.proc.pid)
+    for kind, seconds in kinds_before.items():
+        kinds[kind] = kinds.get(kind, 0.0) - seconds
     stop_seconds, leftovers = timed_stop(running)
     for attendee in attendees:
         if attendee.kernel is not None:
             attendee.kernel._closed.set()  # its server is gone with the platform
-    return RoomResult(label, attendees, cpu, uss, stop_seconds, leftovers)
+    return RoomResult(label, attendees, cpu, uss, stop_seconds, leftovers, kinds)
 
 
 def timed_stop(running: RunningPlatform) -> tuple[float, list[str]]:
