@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many starts of servers, kernels, Dask schedulers and workers run at once; "
         "the rest wait their turn (0, the default: one per core)",
     )
+    up.add_argument(
+        "--expect",
+        type=_count("--expect", 0, 10000),
+        default=0,
+        metavar="N",
+        help="attendees expected to arrive at once: before saying it is ready, warm Dask "
+        "interpreters for their first clusters, within a memory budget it prints "
+        "(default: 0, three for the first cluster)",
+    )
     accounts = up.add_argument_group(
         "attendees (as root)",
         "Run as root, each attendee gets a system account of their own and a control group "

@@ -72,6 +72,10 @@ class PlatformSettings:
     max_servers: int = 0
     # Local mode: starts (servers, kernels, schedulers, workers) at once; 0: one per core.
     start_slots: int = 0
+    # Local mode: attendees expected at once (``--expect``), and the Dask interpreters the
+    # gateway warms for them at start (see clusterhub.gateway.warm_pool.prewarm_plan).
+    expect: int = 0
+    warm_interpreters: int = 3
     mode: str = "local"
     kubernetes: dict = field(default_factory=dict)
 

@@ -22,12 +22,20 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+import psutil
 from cryptography.fernet import Fernet
 
 from . import admission, kernel_sockets, procs
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
+from .gateway.warm_pool import (
+    PREWARM_MEMORY_SHARE,
+    QUIET_CPU_FRACTION,
+    WARM_INTERPRETER_BYTES,
+    WARM_PER_CLUSTER,
+    prewarm_plan,
+)
 from .ports import chosen_range, free_port, port_is_free, reserve
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
@@ -37,6 +45,8 @@ MIN_CODE_LENGTH = 8
 MAX_CODE_LENGTH = 128
 HUB_START_TIMEOUT = 120
 HUB_STOP_TIMEOUT = 120
+# The longest `--expect` waits for its warm interpreters before the doors open.
+WARM_UP_TIMEOUT = 600
 
 
 class UsageError(Exception):
@@ -306,6 +316,21 @@ class Platform:
                     )
                 time.sleep(0.2)
             _say(f"  {name}: ready")
+        if s.expect and not stopping():
+            self.wait_warm(stopping)
+
+    def wait_warm(self, stopping) -> None:
+        """A room is expected: let the gateway's warm interpreters finish importing (the
+        machine goes quiet) before the doors open."""
+        s = self.settings
+        _say(f"  warming up for {s.expect} attendees ({s.warm_interpreters} Dask interpreters) ...")
+        start = time.monotonic()
+        psutil.cpu_percent()
+        while time.monotonic() - start < WARM_UP_TIMEOUT and not stopping():
+            time.sleep(2)
+            if psutil.cpu_percent() < QUIET_CPU_FRACTION * 100:
+                break
+        _say(f"  warm-up: done in {time.monotonic() - start:.0f} s")
 
     def stop(self) -> None:
         if self.hub is not None and self.hub.poll() is None:
@@ -369,6 +394,10 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
                 "stop it first or choose another data dir"
             )
     found, generated = load_secrets(data_dir, args.workshop_code)
+    expect = getattr(args, "expect", 0)
+    warm = WARM_PER_CLUSTER
+    if expect:
+        warm, _ = prewarm_plan(expect, psutil.virtual_memory().available)
     settings = PlatformSettings(
         data_dir=data_dir,
         workshop_code=found.workshop_code,
@@ -390,6 +419,8 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         max_accounts=getattr(args, "max_accounts", 0),
         max_servers=getattr(args, "max_servers", 0),
         start_slots=getattr(args, "start_slots", 0),
+        expect=expect,
+        warm_interpreters=warm,
     )
     return settings, generated
 
@@ -410,6 +441,18 @@ def describe_isolation(settings: PlatformSettings) -> list[str]:
     if reason:
         lines.append(f"  fences:        none, attendees run unfenced: {reason}")
     return lines
+
+
+def describe_prewarm(settings: PlatformSettings) -> str:
+    """One line on what was warmed for the expected room, and the memory it holds."""
+    held = settings.warm_interpreters * WARM_INTERPRETER_BYTES / 2**30
+    clusters = settings.warm_interpreters // WARM_PER_CLUSTER
+    covered = f"all {settings.expect}" if clusters >= settings.expect else f"the first {clusters}"
+    return (
+        f"  pre-warmed:    {settings.warm_interpreters} Dask interpreters, for the clusters of "
+        f"{covered} attendees expected (~{held:.1f} GiB; at most "
+        f"{PREWARM_MEMORY_SHARE:.0%} of the memory available at start)"
+    )
 
 
 def run_up(args) -> int:
@@ -438,6 +481,8 @@ def run_up(args) -> int:
             _say(f"  Dask Gateway:  {settings.local_url.rstrip('/')}{GATEWAY_PREFIX}/")
             for line in describe_isolation(settings):
                 _say(line)
+            if settings.expect:
+                _say(describe_prewarm(settings))
             _say("Press Ctrl-C to stop everything.")
         while not stop_requested:
             if platform.hub.poll() is not None:

@@ -64,8 +64,19 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         and workers (see clusterhub.gateway.warm_pool).
 
         Each saves about a second of a cluster's start on a small machine and holds about
-        100 MB while it waits. Three cover a new cluster with two workers; 0 turns this off.
+        160 MB while it waits. Three cover a new cluster with two workers; 0 turns this off.
+        More (``clusterhub up --expect N`` sets three per expected attendee, within a
+        memory budget) are warmed once, at start; refills go back to
+        ``warm_interpreters_refill``.
         """,
+    )
+
+    warm_interpreters_refill = Integer(
+        3,
+        min=0,
+        config=True,
+        help="""How many warm interpreters refills keep once the first ones are handed out
+        (at most ``warm_interpreters``).""",
     )
 
     # A start's timeout counts from its turn (see _turn_then), when it gets most of a core;
@@ -231,7 +242,10 @@ class LocalSpaceBackend(UnsafeLocalBackend):
         self._turns: dict[tuple[str, str], admission.Turn] = {}
         await super().do_setup()
         self._warm_pool = WarmInterpreterPool(
-            self.warm_interpreters, self.data_dir or os.getcwd(), self.log
+            self.warm_interpreters,
+            self.data_dir or os.getcwd(),
+            self.log,
+            refill_size=self.warm_interpreters_refill,
         )
         # Aim at the platform's own environment; a cluster in another one retargets it.
         inherited = {k: os.environ[k] for k in self.inherited_environment if k in os.environ}

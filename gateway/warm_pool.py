@@ -50,6 +50,23 @@ WARM_TMP = "warm-tmp"
 FORK_SERVER_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
 # Refills wait until less than this share of the machine's CPU was busy over a delay.
 QUIET_CPU_FRACTION = 0.5
+# What a quiet platform keeps warm: a new cluster's scheduler and two workers' nannies.
+WARM_PER_CLUSTER = 3
+# The unique memory one warm interpreter holds while it waits, its fork server included
+# (measured on this project's environment), and the share of the memory available at start
+# a pre-warm (``clusterhub up --expect``) may take.
+WARM_INTERPRETER_BYTES = 160 * 2**20
+PREWARM_MEMORY_SHARE = 0.25
+
+
+def prewarm_plan(expect: int, available_bytes: int) -> tuple[int, int]:
+    """How many interpreters to warm for ``expect`` attendees' first clusters, and the
+    memory they hold: three per cluster, within a quarter of ``available_bytes``, never
+    fewer than a quiet platform's three."""
+    wanted = max(WARM_PER_CLUSTER, expect * WARM_PER_CLUSTER)
+    affordable = int(available_bytes * PREWARM_MEMORY_SHARE) // WARM_INTERPRETER_BYTES
+    count = max(WARM_PER_CLUSTER, min(wanted, affordable))
+    return count, count * WARM_INTERPRETER_BYTES
 
 
 def _busy_fraction(before, after) -> float:
@@ -74,7 +91,10 @@ def fingerprint(cmd: list[str], env: Mapping[str, str]) -> Fingerprint | None:
 
 
 class WarmInterpreterPool:
-    """Up to ``size`` interpreters importing (or done importing) Dask, for one environment."""
+    """Up to ``size`` interpreters importing (or done importing) Dask, for one environment.
+
+    ``refill_size``: what refills go back up to (default ``size``). A pre-warm for a room
+    fills ``size`` once; once the room has arrived a few are enough again."""
 
     def __init__(
         self,
@@ -82,8 +102,10 @@ class WarmInterpreterPool:
         workdir: str,
         log: logging.Logger | None = None,
         refill_delay: float = 1.0,
+        refill_size: int | None = None,
     ) -> None:
         self.size = size
+        self.refill_size = size if refill_size is None else min(refill_size, size)
         self.workdir = workdir
         self.log = log or logging.getLogger(__name__)
         # Refilling imports Dask in new interpreters: on a small machine that would take the
@@ -148,7 +170,7 @@ class WarmInterpreterPool:
             before = after
             if busy < QUIET_CPU_FRACTION:
                 break
-        await self._fill()
+        await self._fill(self.refill_size)
 
     async def close(self) -> None:
         """Stop every interpreter still waiting for an assignment."""
@@ -190,11 +212,11 @@ class WarmInterpreterPool:
             await self._stop_idle()
             self._target = target
 
-    async def _fill(self) -> None:
+    async def _fill(self, size: int | None = None) -> None:
         if self._closed or self._target is None:
             return
         self._idle = [p for p in self._idle if p.returncode is None]
-        while len(self._idle) < self.size:
+        while len(self._idle) < (self.size if size is None else size):
             try:
                 self._idle.append(await self._spawn(self._target))
             except OSError as exc:

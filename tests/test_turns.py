@@ -198,3 +198,21 @@ def test_a_cluster_waits_for_its_turn_says_so_in_the_sidebar_and_its_clock_start
         kernel.execute("cluster.shutdown()")
     finally:
         kernel.close()
+
+
+def test_a_room_expected_is_prewarmed_before_the_doors_open(tmp_path):
+    """--expect 2: six warm Dask interpreters (two clusters' scheduler and nannies) are
+    ready before `clusterhub up` says it is, and it says what they hold."""
+    with running_platform(str(tmp_path), extra_args=["--expect", "2"]) as running:
+        output = "".join(running.output)
+        assert "warming up for 2 attendees (6 Dask interpreters)" in output, output
+        assert (
+            "pre-warmed:    6 Dask interpreters, for the clusters of all 2 attendees expected"
+            in output
+        ), output
+        warm = [
+            p
+            for p in marked_processes("CLUSTERHUB_PLATFORM", running.data_dir)
+            if "clusterhub.gateway.warm_interpreter" in " ".join(p.cmdline())
+        ]
+        assert len(warm) == 6

@@ -45,6 +45,7 @@ def error_line(result):
         (["--config", "/nonexistent/config.py"], "--config: no such file: /nonexistent/config.py"),
         (["--start-slots", "2000"], "--start-slots must be from 0 to 1024, not 2000"),
         (["--start-slots", "-1"], "--start-slots must be from 0 to 1024, not -1"),
+        (["--expect", "many"], "--expect must be a whole number from 0 to 10000, not 'many'"),
     ],
 )
 def test_bad_flags(tmp_path, args, message):

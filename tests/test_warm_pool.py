@@ -15,7 +15,13 @@ import pytest
 from distributed import Client
 
 from clusterhub import procs
-from clusterhub.gateway.warm_pool import WarmInterpreterPool, fingerprint
+from clusterhub.gateway.warm_pool import (
+    WARM_INTERPRETER_BYTES,
+    WARM_PER_CLUSTER,
+    WarmInterpreterPool,
+    fingerprint,
+    prewarm_plan,
+)
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
@@ -224,3 +230,42 @@ async def test_a_pool_of_size_zero_starts_nothing(tmp_path):
     assert pool._idle == []
     assert await pool.start(cmd, {}, str(tmp_path), str(tmp_path / "log")) is None
     await pool.close()
+
+
+def test_a_prewarm_is_three_per_expected_cluster_within_a_quarter_of_the_memory():
+    gib = 2**30
+    # 10 attendees on a machine with room: 30 interpreters.
+    count, held = prewarm_plan(10, 64 * gib)
+    assert count == 10 * WARM_PER_CLUSTER and held == count * WARM_INTERPRETER_BYTES
+    # 100 attendees on 8 GiB: what a quarter of it holds, no more.
+    count, held = prewarm_plan(100, 8 * gib)
+    assert count == (2 * gib) // WARM_INTERPRETER_BYTES and held <= 2 * gib
+    # However little memory, a quiet platform's three stay.
+    assert prewarm_plan(30, 100 * 2**20)[0] == WARM_PER_CLUSTER
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_a_prewarm_is_filled_once_and_refills_go_back_to_a_few(short_dir):
+    tmp_path = short_dir
+    pool = WarmInterpreterPool(4, str(tmp_path), refill_delay=0.2, refill_size=1)
+    cmd = [DASK, "scheduler", "--host", "127.0.0.1"]
+    pids: list[int] = []
+    try:
+        await pool.warm(cmd, job_env(str(tmp_path)))
+        assert len(pool._idle) == 4
+        # Hand out all four, as a room's first clusters take them.
+        for i in range(4):
+            log = str(tmp_path / f"s{i}.log")
+            pids.append(await pool.start(cmd, job_env(str(tmp_path)), str(tmp_path), log))
+        assert all(pids) and pool._idle == []
+
+        for _ in range(450):  # the pool has no event to wait on: look every 0.2 s
+            if pool._idle:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)  # would a second one follow?
+        assert len(pool._idle) == 1
+    finally:
+        await pool.close()
+        stop_all(pids)
