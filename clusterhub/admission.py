@@ -255,7 +255,7 @@ class AdmissionServer:
                     last = position
                 ticket.changed.clear()
                 waiting = asyncio.ensure_future(ticket.changed.wait())
-                gone = asyncio.ensure_future(reader.read(1))
+                gone = asyncio.ensure_future(_closed(reader))
                 done, _ = await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
                 if gone in done:
@@ -271,6 +271,12 @@ class AdmissionServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+async def _closed(reader: asyncio.StreamReader) -> None:
+    """Returns when the starter closes its end (or it breaks): it gave up waiting."""
+    with contextlib.suppress(ConnectionError, OSError):
+        await reader.read(1)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict) -> None:

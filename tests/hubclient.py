@@ -133,9 +133,18 @@ class RunningPlatform:
             if match:
                 self.admin_password = match.group(1)
             if "Press Ctrl-C" in line:
+                # Keep reading what it prints: a full pipe would block its writes (the
+                # start queue logs from a thread of `clusterhub up`) and stall the platform.
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
                 return self
         self.stop()
         raise PlatformError("clusterhub up did not become ready:\n" + "".join(self.output))
+
+    def _read_rest(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
 
     def stop(self, timeout: float = 150) -> int:
         """SIGTERM `clusterhub up` and wait; returns its exit code."""
@@ -143,14 +152,20 @@ class RunningPlatform:
             return 0
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        drain = getattr(self, "_drain", None)
         try:
-            rest, _ = self.proc.communicate(timeout=timeout)
-            self.output.append(rest or "")
+            if drain is not None:
+                self.proc.wait(timeout=timeout)
+                drain.join(10)
+            else:
+                rest, _ = self.proc.communicate(timeout=timeout)
+                self.output.append(rest or "")
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.communicate()
+            self.proc.wait()
         code = self.proc.returncode
         self.proc = None
+        self._drain = None
         return code
 
     def remove_accounts_and_data(self) -> None:
@@ -400,7 +415,12 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.ws.settimeout(max(1, deadline - time.monotonic()))
-            msg = json.loads(self.ws.recv())
+            # Control frames too: the server pings every 30 s, and a recv() that answered
+            # pings on its own would never time out while a kernel stays silent.
+            opcode, data = self.ws.recv_data(control_frame=True)
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                continue
+            msg = json.loads(data)
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind = msg["msg_type"]
