@@ -407,16 +407,26 @@ def waiting_note(summary: dict | None, kinds: tuple[str, ...]) -> str | None:
     return describe_position(min(positions)) if positions else None
 
 
-def pid_listens(pid: int) -> bool:
-    """Whether process ``pid`` listens on a TCP port (or is gone: no use waiting for it)."""
+def tree_listens(pid: int, processes: int = 1) -> bool:
+    """Whether ``processes`` processes of ``pid``'s tree listen on TCP ports (or ``pid`` is
+    gone: no use waiting for it). A Dask worker needs 2: its nanny listens first, then
+    starts the worker, which imports everything again before it listens."""
     import psutil
 
     try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        root = psutil.Process(pid)
+        if root.status() == psutil.STATUS_ZOMBIE:
             return True
-        return any(c.status == psutil.CONN_LISTEN for c in proc.net_connections("tcp"))
+        tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return True
     except psutil.AccessDenied:
         return False
+    listening = 0
+    for proc in tree:
+        try:
+            if any(c.status == psutil.CONN_LISTEN for c in proc.net_connections("tcp")):
+                listening += 1
+        except psutil.Error:
+            continue
+    return listening >= processes

@@ -208,8 +208,10 @@ class LocalSpaceBackend(UnsafeLocalBackend):
             pid = await self._start_cold(cmd, env, work, log_path, identity)
         turn = self._turns.pop((cluster.name, name), None)
         if turn is not None:
-            # Its imports are done once it listens; a warm one is there almost at once.
-            turn.release_when(lambda: admission.pid_listens(pid))
+            # Its imports are done once it listens (a worker: once its nanny and the worker
+            # the nanny starts both do); a warm one is there almost at once.
+            listeners = 1 if name == "scheduler" else 2
+            turn.release_when(lambda: admission.tree_listens(pid, listeners))
         return pid
 
     async def _start_cold(self, cmd, env, cwd: str, log_path: str, identity: dict) -> int:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import pytest_asyncio
@@ -242,3 +243,37 @@ def test_a_queue_in_a_thread_serves_a_synchronous_program(tmp_path):
     finally:
         thread.stop()
         os.rmdir(os.path.dirname(path))
+
+
+def test_a_worker_start_is_done_when_its_nanny_and_its_worker_both_listen(tmp_path):
+    """A nanny listens before it starts its worker, which then imports everything again: the
+    turn of a worker start is only given back once both listen."""
+    code = textwrap.dedent(
+        """
+        import socket, subprocess, sys, time
+        nanny = socket.socket(); nanny.bind(("127.0.0.1", 0)); nanny.listen()
+        print("nanny", flush=True)
+        time.sleep(1.5)
+        worker = subprocess.Popen([sys.executable, "-c",
+            "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen();"
+            "time.sleep(60)"])
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "nanny"
+        assert admission.tree_listens(proc.pid, 1)
+        assert not admission.tree_listens(proc.pid, 2)
+        deadline = time.monotonic() + 30
+        while not admission.tree_listens(proc.pid, 2):
+            assert time.monotonic() < deadline, "the worker never counted"
+            time.sleep(0.2)
+    finally:
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    assert admission.tree_listens(proc.pid, 2), "a process that is gone is not waited for"
