@@ -248,21 +248,27 @@ class AdmissionServer:
                 await _send(writer, {"error": str(exc)})
                 return
             last = None
-            while not ticket.admitted:
-                position = self.queue.position(ticket)
-                if position != last:
-                    await _send(writer, {"position": position})
-                    last = position
-                ticket.changed.clear()
-                waiting = asyncio.ensure_future(ticket.changed.wait())
-                gone = asyncio.ensure_future(_closed(reader))
-                done, _ = await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                if gone in done:
-                    return  # the starter gave up while waiting
+            # One read for the whole wait: a stream allows one reader at a time, and a
+            # cancelled read may not have let go yet when the next one would start.
+            gone = asyncio.ensure_future(_closed(reader))
+            try:
+                while not ticket.admitted:
+                    position = self.queue.position(ticket)
+                    if position != last:
+                        await _send(writer, {"position": position})
+                        last = position
+                    ticket.changed.clear()
+                    waiting = asyncio.ensure_future(ticket.changed.wait())
+                    done, _ = await asyncio.wait(
+                        {waiting, gone}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    waiting.cancel()
+                    if gone in done:
+                        return  # the starter gave up while waiting
+                await _send(writer, {"admitted": True})
+                await gone  # held until the starter closes
+            finally:
                 gone.cancel()
-            await _send(writer, {"admitted": True})
-            await reader.read()  # held until the starter closes
         except (ConnectionError, OSError):
             pass
         finally:
@@ -274,9 +280,10 @@ class AdmissionServer:
 
 
 async def _closed(reader: asyncio.StreamReader) -> None:
-    """Returns when the starter closes its end (or it breaks): it gave up waiting."""
+    """Returns when the starter closes its end (or it breaks)."""
     with contextlib.suppress(ConnectionError, OSError):
-        await reader.read(1)
+        while await reader.read(4096):
+            pass  # a starter has nothing more to say; whatever it sends is ignored
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict) -> None:

@@ -277,3 +277,30 @@ def test_a_worker_start_is_done_when_its_nanny_and_its_worker_both_listen(tmp_pa
         proc.kill()
         proc.wait()
     assert admission.tree_listens(proc.pid, 2), "a process that is gone is not waited for"
+
+
+@pytest.mark.asyncio
+async def test_when_a_turn_is_given_back_exactly_one_waiter_goes_and_the_rest_keep_waiting(
+    server,
+):
+    """Every waiter hears the queue move; only the next one may go (each connection reads
+    its starter's end once: a second concurrent read would fail and let everyone in)."""
+    holder = Turn("worker", "holder", path=server.path)
+    await holder.wait()
+    heard: dict[str, list[int]] = {name: [] for name in "abc"}
+    waiters = {
+        name: asyncio.ensure_future(
+            Turn("kernel", name, on_position=heard[name].append, path=server.path).wait()
+        )
+        for name in "abc"
+    }
+    await asyncio.sleep(0.3)
+    holder.release()
+    await asyncio.sleep(0.5)
+    done = [name for name, task in waiters.items() if task.done()]
+    assert done == ["a"], done
+    assert len(server.queue.waiting) == 2 and len(server.queue.active) == 1
+    assert heard["c"] == [3, 2]  # c moved up when a went
+    for task in waiters.values():
+        task.cancel()
+    await asyncio.gather(*waiters.values(), return_exceptions=True)
