@@ -1090,17 +1090,22 @@ class _PodWorker:
                     self.mark_dirty()
             await asyncio.sleep(period)
 
+    def _in_container(self, c: _Container, argv: list[str]) -> list[str]:
+        """``argv`` run where container ``c`` runs: as its user, in its mount namespace (its
+        hosts file and volumes) and UTS namespace."""
+        argv = [*self._identity(c).setpriv(_tool("setpriv")), *argv]
+        if self.k.mount_ns and c.proc is not None:
+            ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
+            argv = [_tool("nsenter"), f"--target={c.proc.pid}", *ns_flags, "--", *argv]
+        return argv
+
     async def exec_in(
         self, c: _Container, argv: list[str], timeout: float = EXEC_TIMEOUT
     ) -> tuple[bytes, bytes, int]:
         """Run ``argv`` in running container ``c`` as ``kubectl exec`` does: its user, its
         environment, its mount (and UTS) namespace. Returns stdout, stderr, exit code."""
-        full = [*self._identity(c).setpriv(_tool("setpriv")), *argv]
-        if self.k.mount_ns and c.proc is not None:
-            ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
-            full = [_tool("nsenter"), f"--target={c.proc.pid}", *ns_flags, "--", *full]
         proc = await asyncio.create_subprocess_exec(
-            *full,
+            *self._in_container(c, argv),
             cwd=self.work,
             env=c.env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -1145,12 +1150,7 @@ class _PodWorker:
                     async with s.get(url, headers=headers, ssl=False, allow_redirects=False) as r:
                         return 200 <= r.status < 400
             if "exec" in probe:
-                argv = probe["exec"].get("command") or []
-                argv = [*self._identity(c).setpriv(_tool("setpriv")), *argv]
-                if self.k.mount_ns and c.proc is not None:
-                    # Run the probe where the container runs: its hosts file and mounts.
-                    ns_flags = ["--mount", *(["--uts"] if self.k.uts else [])]
-                    argv = [_tool("nsenter"), f"--target={c.proc.pid}", *ns_flags, "--", *argv]
+                argv = self._in_container(c, probe["exec"].get("command") or [])
                 run = functools.partial(
                     subprocess.run,
                     argv,
