@@ -78,6 +78,7 @@ def shared_state() -> set[str]:
                 os.path.join(top, name)
                 for name in os.listdir(top)
                 if os.path.join(top, name) not in MACHINE_WIDE
+                and not name.startswith("pytest-of-")  # pytest's own, it keeps the last 3
             )
         except OSError:
             pass

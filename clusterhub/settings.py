@@ -23,6 +23,9 @@ LOCAL_ONLY_FIELDS = frozenset(
         "account_uid_max",
         "max_accounts",
         "max_servers",
+        "start_slots",
+        "expect",
+        "warm_interpreters",
     }
 )
 # Where root's platform keeps its data: every attendee account (and the build account) must
