@@ -17,6 +17,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 
 from . import admission
+from .ports import accepts
 
 NAME = "clusterhub-queued-provisioner"
 
@@ -26,13 +27,7 @@ def kernel_listens(connection_info: dict) -> bool:
     ip, port = connection_info.get("ip", ""), connection_info.get("shell_port", 0)
     if connection_info.get("transport") == "ipc":
         return os.path.exists(f"{ip}-{port}")
-    import socket
-
-    try:
-        with socket.create_connection((ip, int(port)), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    return accepts(ip, int(port), timeout=0.5)
 
 
 class QueuedLocalProvisioner(LocalProvisioner):

@@ -99,13 +99,20 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def accepts(host: str, port: int, timeout: float = 1) -> bool:
+    """Whether something accepts connections on ``host:port`` now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout: float) -> bool:
     """Wait until something accepts connections on ``host:port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return True
-        except OSError:
-            time.sleep(0.1)
+        if accepts(host, port):
+            return True
+        time.sleep(0.1)
     return False

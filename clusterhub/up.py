@@ -255,10 +255,11 @@ class Platform:
         self.settings = settings
         self.hub: subprocess.Popen | None = None
         self.log_path = settings.path("logs", "hub.log")
-        self.runtime_root = kernel_sockets.runtime_root(platform_id(settings.data_dir))
+        this_platform = platform_id(settings.data_dir)
+        self.runtime_root = kernel_sockets.runtime_root(this_platform)
         # In this process, not the hub's: the queue outlives a restart of the hub.
         self.admission = admission.ServerThread(
-            admission.socket_path(platform_id(settings.data_dir)),
+            admission.socket_path(this_platform),
             settings.start_slots or admission.default_slots(),
         )
 

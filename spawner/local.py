@@ -49,6 +49,7 @@ from clusterhub.engines import EngineError
 from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.owner_tasks import run_as_owner_async
+from clusterhub.ports import accepts
 from clusterhub.space import LocalSpace
 
 from .options import SpaceSpawnerMixin
@@ -324,7 +325,8 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         except BaseException:
             turn.release()
             raise
-        self._turn_watch = turn.release_when(lambda: _accepts(ip or "127.0.0.1", port))
+        # Loopback: a connect is answered (or refused) at once.
+        self._turn_watch = turn.release_when(lambda: accepts(ip or "127.0.0.1", port, 0.5))
         return ip, port
 
     def _on_queue_position(self, position: int) -> None:
@@ -464,13 +466,3 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         if fence is not None:
             # Whatever is still in the user's group (a process that escaped the markers).
             await asyncio.to_thread(fence.remove)
-
-
-async def _accepts(ip: str, port: int) -> bool:
-    """Whether something listens at ip:port (the server has done its imports)."""
-    try:
-        _, writer = await asyncio.open_connection(ip, port)
-    except OSError:
-        return False
-    writer.close()
-    return True
