@@ -456,7 +456,12 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                     self.log.error("Stopping %s of %s failed: %s", kind, self.user.name, why)
             except Exception:
                 self.log.exception("Stopping the engines of %s failed", self.user.name)
-        await super().stop(now=now)
+        # Straight to SIGTERM: without a terminal, jupyter-server answers SIGINT by asking for
+        # confirmation on its standard input, finds none and carries on, so JupyterHub's
+        # SIGINT first would only add interrupt_timeout to every stop. On SIGTERM it shuts its
+        # kernels down and exits; term_timeout later it is killed, and the sweep below
+        # stops anything of the space still running.
+        await super().stop(now=True)
         account, fence = identity_of(state)
         left = await asyncio.to_thread(space.sweep, account.uid if account else None)
         if left:
