@@ -7,8 +7,9 @@ clusters. kubespawner's tests are not in its sdist, so they come from a checkout
 repository at the installed version (``--checkout``, else a ``git clone`` of the tag).
 Its conftest needs pytest-asyncio < 0.23 (a session ``event_loop`` fixture), so the suite
 runs in a virtualenv of its own made beside the checkout, with the same kubespawner,
-JupyterHub and kubernetes_asyncio versions as ours. Pods run this environment's commands
-(``jupyterhub``, ``jupyterhub-singleuser``, ``python3``), as images would.
+JupyterHub, jupyter_server, JupyterLab and kubernetes_asyncio versions as ours. Pods run that
+environment's commands (``jupyterhub``, ``jupyterhub-singleuser``, ``python3``), as
+jupyterhub's images would, plus configurable-http-proxy.
 
 The summary at the end lists every test as passed, failed or errored; the reasons for the
 ones that cannot pass here are in the closing notes of the Kubernetes issue and in the
@@ -28,6 +29,8 @@ from importlib.metadata import version
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 REPOSITORY = "https://github.com/jupyterhub/kubespawner"
+SINGLEUSER_IMAGE = "quay.io/jupyterhub/singleuser:latest"
+SINGLEUSER_IMAGE_USER = "1000"
 SUITE_PINS = ["pytest<8", "pytest-asyncio==0.21.2", "pytest-timeout", "kubernetes"]
 
 
@@ -40,6 +43,8 @@ def suite_venv(path: str) -> str:
         f"jupyterhub-kubespawner=={version('jupyterhub-kubespawner')}",
         f"jupyterhub=={version('jupyterhub')}",
         f"kubernetes_asyncio=={version('kubernetes_asyncio')}",
+        f"jupyter_server=={version('jupyter_server')}",
+        f"jupyterlab=={version('jupyterlab')}",  # as in jupyterhub's singleuser image
         *SUITE_PINS,
     ]
     subprocess.run([python, "-m", "pip", "install", "--quiet", *pins], check=True)
@@ -60,6 +65,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkout", help="a kubespawner checkout at the installed version")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--patient-exec",
+        action="store_true",
+        help="give a started server ten times the suite's tries to answer "
+        "(tests/kube/upstream_patient_exec.py)",
+    )
     args, pytest_args = parser.parse_known_args()
 
     sys.path.insert(0, ROOT)
@@ -67,18 +78,34 @@ def main() -> int:
     from tests.kube.fixtures import KubeCluster
 
     work = tempfile.mkdtemp(prefix="kubespawner-upstream-")
+    os.chmod(work, 0o755)  # the singleuser pods, not root, run the suite's environment in it
     cluster = None
     try:
         source = os.path.abspath(args.checkout) if args.checkout else checkout(work)
         python = suite_venv(os.path.join(work, "venv"))
         home = pod_shared_dir(os.path.join(work, "home"))
-        bin_dir = os.path.dirname(sys.executable)
+        # The images' PATH: the suite's environment (jupyterhub, JupyterLab, python3), as
+        # lean as jupyterhub's own images, and configurable-http-proxy for the hub pod.
+        from clusterhub.up import find_proxy
+
+        bin_dirs = [os.path.dirname(python), os.path.dirname(find_proxy()[0])]
         cluster = KubeCluster(
             os.path.join(work, "cluster"),
-            base_env={"PATH": bin_dir + os.pathsep + os.environ["PATH"], "HOME": home},
+            base_env={"PATH": os.pathsep.join([*bin_dirs, os.environ["PATH"]]), "HOME": home},
+            # kubespawner's default image runs as its jovyan user (jupyter-server refuses
+            # root); the hub's and the exec helper's images run as root.
+            image_users={SINGLEUSER_IMAGE: SINGLEUSER_IMAGE_USER},
         )
         cluster.start()
         env = dict(os.environ, KUBECONFIG=cluster.kubeconfig)
+        if args.patient_exec:
+            # On its own on the path: this package's modules would shadow the standard
+            # library's (selectors).
+            plugins = os.path.join(work, "plugins")
+            os.makedirs(plugins)
+            shutil.copy(os.path.join(HERE, "upstream_patient_exec.py"), plugins)
+            pytest_args = ["-p", "upstream_patient_exec", *pytest_args]
+            env["PYTHONPATH"] = plugins
         env.pop("KUBERNETES_SERVICE_HOST", None)
         return subprocess.call(
             [
