@@ -60,3 +60,14 @@ def test_no_cluster_without_a_running_server(space):
     space.write_state(active=False)
     with pytest.raises(NoActiveSpace, match="has no running server"):
         configuration(space, {})
+
+
+def test_the_quiet_dask_settings_reach_dask_as_environment_variables():
+    import dask.config
+
+    from clusterhub.gateway.config import QUIET_DASK_CONFIG, dask_environment
+
+    # Dask's own reading of DASK_* variables, as a scheduler or worker does at start.
+    read = dask.config.collect_env(dask_environment(QUIET_DASK_CONFIG))
+    for key, value in QUIET_DASK_CONFIG.items():
+        assert dask.config.get(key, config=read) == value

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -141,6 +142,21 @@ def test_each_user_gets_a_dask_cluster_with_no_arguments(platform, alice, bob, k
         assert (count, workers) == ("20", "2")
         user.cluster_name = name
     assert alice.cluster_name != bob.cluster_name
+
+
+def test_clusters_run_with_the_quiet_dask_settings(bob, kernels):
+    from clusterhub.gateway.config import QUIET_DASK_CONFIG
+
+    # bob's client from the first test: his scheduler and his two workers.
+    out = kernels[bob.name].execute(
+        "import dask, json\n"
+        f"keys = {sorted(QUIET_DASK_CONFIG)!r}\n"
+        "seen = {k: [client.run_on_scheduler(dask.config.get, k)]\n"
+        "        + list(client.run(dask.config.get, k).values()) for k in keys}\n"
+        "print(json.dumps(seen))\n"
+    )
+    seen = json.loads(out)
+    assert seen == {key: [value] * 3 for key, value in QUIET_DASK_CONFIG.items()}
 
 
 def test_a_user_cannot_see_or_connect_to_another_users_cluster(platform, alice, bob, kernels):
