@@ -106,20 +106,40 @@ PROCESS_KINDS = (
 )
 
 
+def _by_kind(pid: int):
+    """(kind, process) for ``pid`` and each of its live descendants."""
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        yield next((k for part, k in PROCESS_KINDS if part in cmdline), "other"), proc
+
+
 def cpu_by_kind(pid: int) -> dict[str, float]:
     """CPU-seconds of the live processes under ``pid``, by what they are. What exited (a
     worker killed and started again, a short-lived helper) is not here: the difference to
     the machine's busy time is reported as such."""
     found: dict[str, float] = {}
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
+    for kind, proc in _by_kind(pid):
         try:
-            cmdline = " ".join(proc.cmdline())
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        kind = next((k for part, k in PROCESS_KINDS if part in cmdline), "other")
         found[kind] = found.get(kind, 0.0) + times.user + times.system
+    return found
+
+
+def uss_by_kind(pid: int) -> dict[str, float]:
+    """Unique memory (MB) of the live processes under ``pid``, by what they are."""
+    found: dict[str, float] = {}
+    for kind, proc in _by_kind(pid):
+        try:
+            uss = proc.memory_full_info().uss
+        except psutil.Error:
+            continue
+        found[kind] = found.get(kind, 0.0) + uss / 1e6
     return found
 
 
@@ -187,6 +207,7 @@ class RoomResult:
     stop_seconds: float
     leftovers: list[str]
     cpu_kinds: dict[str, float] = field(default_factory=dict)
+    uss_kinds: dict[str, float] = field(default_factory=dict)
 
     def report(self) -> list[str]:
         n = len(self.attendees)
@@ -214,6 +235,10 @@ class RoomResult:
                 lines.append(f"    {seconds / n:6.2f}  {kind}")
             gone = self.cpu_seconds - sum(self.cpu_kinds.values())
             lines.append(f"    {gone / n:6.2f}  exited processes, the benchmark's clients, rest")
+        if self.uss_kinds:
+            lines.append("  USS MB per attendee, by process:")
+            for kind, mb in sorted(self.uss_kinds.items(), key=lambda kv: -kv[1]):
+                lines.append(f"    {mb / n:6.1f}  {kind}")
         return lines
 
 
@@ -227,6 +252,7 @@ def room(running: RunningPlatform, users: int, plain: bool, label: str) -> RoomR
         list(pool.map(lambda a: arrive(running, a, plain), attendees))
     cpu = busy_cpu_seconds() - cpu_before
     uss = tree_uss_mb(running.proc.pid)
+    uss_kinds = uss_by_kind(running.proc.pid)
     kinds = cpu_by_kind(running.proc.pid)
     for kind, seconds in kinds_before.items():
         kinds[kind] = kinds.get(kind, 0.0) - seconds
@@ -234,7 +260,7 @@ def room(running: RunningPlatform, users: int, plain: bool, label: str) -> RoomR
     for attendee in attendees:
         if attendee.kernel is not None:
             attendee.kernel._closed.set()  # its server is gone with the platform
-    return RoomResult(label, attendees, cpu, uss, stop_seconds, leftovers, kinds)
+    return RoomResult(label, attendees, cpu, uss, stop_seconds, leftovers, kinds, uss_kinds)
 
 
 def timed_stop(running: RunningPlatform) -> tuple[float, list[str]]:
