@@ -3,10 +3,10 @@
 Everything is checked before anything starts (flags, ports, node, the proxy,
 Java), so a mistake costs one clear line and leaves nothing half-started. The
 hub then runs as a child in its own session; it starts the proxy, the gateway
-and the culler itself (JupyterHub-managed services). On SIGINT/SIGTERM the hub
-is asked to stop (it stops every user server, and each server stops its
-clusters and engines); whatever still carries the platform's marker after that
-is stopped too.
+and the culler itself (JupyterHub-managed services). On SIGINT/SIGTERM, and on
+SIGHUP when its terminal closes (not under nohup), the hub is asked to stop (it
+stops every user server, and each server stops its clusters and engines);
+whatever still carries the platform's marker after that is stopped too.
 """
 
 from __future__ import annotations
@@ -61,7 +61,20 @@ class Secrets:
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    try:
+        print(message, flush=True)
+    except OSError:
+        # Whoever read our output is gone (a closed terminal or pipe). The platform must
+        # still stop cleanly, so the rest goes nowhere rather than ending the stop halfway.
+        sys.stdout = open(os.devnull, "w")  # for the rest of the process
+
+
+def _stop_signals() -> list[signal.Signals]:
+    """Ctrl-C, SIGTERM, and the terminal closing, unless started under nohup."""
+    stop = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        stop.append(signal.SIGHUP)
+    return stop
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -464,7 +477,7 @@ def run_up(args) -> int:
     def request_stop(signum, _frame):
         stop_requested.append(signum)
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in _stop_signals()}
     platform = Platform(settings)
     code = 0
     try:
