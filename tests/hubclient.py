@@ -186,6 +186,12 @@ class RunningPlatform:
         """Stop it, remove its accounts and data dir; fail if any of its processes were left."""
         self.stop()
         leftovers = self.kill_leftovers()
+        # What `clusterhub up` removes when it stops, should a test have killed it instead
+        # (its start queue's socket and the kernels' sockets).
+        from clusterhub.fences import platform_id
+        from clusterhub.kernel_sockets import runtime_root
+
+        shutil.rmtree(runtime_root(platform_id(self.data_dir)), ignore_errors=True)
         self.remove_accounts_and_data()
         assert not leftovers, f"processes left behind: {leftovers}"
 
