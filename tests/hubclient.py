@@ -96,9 +96,7 @@ class RunningPlatform:
         env.pop("JUPYTERHUB_API_TOKEN", None)
         return env
 
-    def start(self, timeout: float = 120, drain: bool = True) -> RunningPlatform:
-        """Start `clusterhub up` and wait until it is ready. With ``drain=False`` nothing
-        reads its output after that: the caller does, or closes ``proc.stdout``."""
+    def start(self, timeout: float = 120) -> RunningPlatform:
         cmd = [
             sys.executable,
             "-m",
@@ -135,11 +133,10 @@ class RunningPlatform:
             if match:
                 self.admin_password = match.group(1)
             if "Press Ctrl-C" in line:
-                if drain:
-                    # Keep reading what it prints: a full pipe would block its writes (the
-                    # start queue logs from a thread of `clusterhub up`) and stall it.
-                    self._drain = threading.Thread(target=self._read_rest, daemon=True)
-                    self._drain.start()
+                # Keep reading what it prints: a full pipe would block its writes (the
+                # start queue logs from a thread of `clusterhub up`) and stall the platform.
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
                 return self
         self.stop()
         raise PlatformError("clusterhub up did not become ready:\n" + "".join(self.output))
