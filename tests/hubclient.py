@@ -185,10 +185,10 @@ class RunningPlatform:
         leftovers = self.kill_leftovers()
         # What `clusterhub up` removes when it stops, should a test have killed it instead
         # (its start queue's socket and the kernels' sockets).
+        from clusterhub import kernel_sockets
         from clusterhub.fences import platform_id
-        from clusterhub.kernel_sockets import runtime_root
 
-        shutil.rmtree(runtime_root(platform_id(self.data_dir)), ignore_errors=True)
+        kernel_sockets.remove_root(kernel_sockets.runtime_root(platform_id(self.data_dir)))
         self.remove_accounts_and_data()
         assert not leftovers, f"processes left behind: {leftovers}"
 
