@@ -76,18 +76,6 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def tree_uss_mb(pid: int) -> float:
-    """The unique memory of ``pid`` and all its descendants, in MB."""
-    total = 0
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_full_info().uss
-        except psutil.Error:
-            pass
-    return total / 1e6
-
-
 # What each process of the platform is, from its command line (first match wins).
 PROCESS_KINDS = (
     ("jupyterhub-singleuser", "notebook servers"),
@@ -132,7 +120,7 @@ def cpu_by_kind(pid: int) -> dict[str, float]:
 
 
 def uss_by_kind(pid: int) -> dict[str, float]:
-    """Unique memory (MB) of the live processes under ``pid``, by what they are."""
+    """Unique memory (MB) of ``pid`` and all its live descendants, by what they are."""
     found: dict[str, float] = {}
     for kind, proc in _by_kind(pid):
         try:
@@ -251,8 +239,8 @@ def room(running: RunningPlatform, users: int, plain: bool, label: str) -> RoomR
     with ThreadPoolExecutor(max_workers=users) as pool:
         list(pool.map(lambda a: arrive(running, a, plain), attendees))
     cpu = busy_cpu_seconds() - cpu_before
-    uss = tree_uss_mb(running.proc.pid)
     uss_kinds = uss_by_kind(running.proc.pid)
+    uss = sum(uss_kinds.values())  # one reading of the tree: the total is its sum
     kinds = cpu_by_kind(running.proc.pid)
     for kind, seconds in kinds_before.items():
         kinds[kind] = kinds.get(kind, 0.0) - seconds
