@@ -50,6 +50,10 @@ def marked_processes(marker: str, value: str) -> list[psutil.Process]:
     return find_marked(marker, value, cwd_under=value if marker == "CLUSTERHUB_SPACE" else None)
 
 
+def _hangup_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class RunningPlatform:
     """`clusterhub up` in a subprocess, with its own HOME and TMPDIR under ``root``."""
 
@@ -96,7 +100,9 @@ class RunningPlatform:
         env.pop("JUPYTERHUB_API_TOKEN", None)
         return env
 
-    def start(self, timeout: float = 120) -> RunningPlatform:
+    def start(self, timeout: float = 120, drain: bool = True) -> RunningPlatform:
+        """Start `clusterhub up` and wait until it is ready. With ``drain=False`` nothing
+        reads its output after that: the caller does, or closes ``proc.stdout``."""
         cmd = [
             sys.executable,
             "-m",
@@ -122,6 +128,9 @@ class RunningPlatform:
             stdin=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
+            # As from a terminal, whatever started the tests: `clusterhub up` leaves SIGHUP
+            # alone when it inherits it ignored (nohup), and CI runs are often started so.
+            preexec_fn=_hangup_as_from_a_terminal,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,10 +142,11 @@ class RunningPlatform:
             if match:
                 self.admin_password = match.group(1)
             if "Press Ctrl-C" in line:
-                # Keep reading what it prints: a full pipe would block its writes (the
-                # start queue logs from a thread of `clusterhub up`) and stall the platform.
-                self._drain = threading.Thread(target=self._read_rest, daemon=True)
-                self._drain.start()
+                if drain:
+                    # Keep reading what it prints: a full pipe would block its writes (the
+                    # start queue logs from a thread of `clusterhub up`) and stall it.
+                    self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                    self._drain.start()
                 return self
         self.stop()
         raise PlatformError("clusterhub up did not become ready:\n" + "".join(self.output))

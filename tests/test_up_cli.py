@@ -126,6 +126,28 @@ def test_missing_proxy(tmp_path, monkeypatch):
         find_proxy(checkout_dir=str(tmp_path))
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_whole_platform(tmp_path):
+    """The terminal `clusterhub up` runs in goes away: its output has no reader any more
+    (each line it prints fails with EPIPE) and it gets SIGHUP. It still stops everything."""
+    from hubclient import RunningPlatform, marked_processes
+
+    running = RunningPlatform(str(tmp_path))
+    try:
+        running.start(drain=False)
+        assert marked_processes("CLUSTERHUB_PLATFORM", running.data_dir), "it is running"
+        running.proc.stdout.close()
+        running.proc.send_signal(signal.SIGHUP)
+        assert running.proc.wait(timeout=150) == 0
+        left = [
+            " ".join(p.cmdline()) for p in marked_processes("CLUSTERHUB_PLATFORM", running.data_dir)
+        ]
+        assert not left, left
+    finally:
+        running.tear_down()
+
+
 def test_under_nohup_a_closed_terminal_leaves_it_running():
     from clusterhub.up import _stop_signals
 
