@@ -252,9 +252,11 @@ class Clusters:
                 self._ipyparallel = None
         target.stop()
 
-    def new_dask_cluster(self, **options: Any) -> dict[str, Any]:
+    def new_dask_cluster(self, /, **options: Any) -> dict[str, Any]:
         """Create a Dask cluster with the gateway's ``options`` (e.g. ``worker_cores``,
-        ``worker_memory``) and optionally ``workers``; returns it once it runs."""
+        ``worker_memory``) and optionally ``workers``; returns it once it runs. (``self``
+        is positional-only: a request body ``{"self": 1}`` is an unknown option like any
+        other, not a clash of arguments.)"""
         return self.dask.new_cluster(options, self.limits())
 
     # -- task records ------------------------------------------------------------------------

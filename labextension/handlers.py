@@ -60,7 +60,7 @@ class ClustersAPIHandler(APIHandler):
     def clusters(self) -> Clusters:
         return self.settings[SETTINGS_KEY]
 
-    async def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(func, *args, **kwargs)
 
     def json_body(self) -> dict[str, Any]:
@@ -72,6 +72,12 @@ class ClustersAPIHandler(APIHandler):
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ClustersError(BAD_REQUEST, f"body: invalid JSON ({exc})", "body") from exc
+        except RecursionError:
+            # json's decoder recurses once per level: a body a few thousand levels deep
+            # would otherwise end as a 500.
+            raise ClustersError(
+                BAD_REQUEST, "body: JSON nested too deeply (no option nests at all)", "body"
+            ) from None
         if not isinstance(body, dict):
             raise ClustersError(BAD_REQUEST, "body: must be a JSON object", "body")
         return body

@@ -260,6 +260,7 @@ def test_bad_requests_are_refused_and_change_nothing(clusters, gateway):
     refused(lambda: clusters.new_dask_cluster(worker_memory=64), 422, "limit of 2")
     refused(lambda: clusters.new_dask_cluster(worker_cores="two"), 400, "worker_cores")
     refused(lambda: clusters.new_dask_cluster(flavour="large"), 400, "unknown cluster option")
+    refused(lambda: clusters.new_dask_cluster(self=1), 400, "unknown cluster option")
     refused(lambda: clusters.new_dask_cluster(workers=4), 422, "limit of 3")
     assert [c.name for c in gateway.list_clusters()] == before, "no cluster was made"
 

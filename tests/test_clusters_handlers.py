@@ -230,6 +230,8 @@ def test_a_cookie_login_needs_the_xsrf_token_for_changes(
         (None, "body", "got nothing"),
         ("{not json", "body", "invalid JSON"),
         ("[1]", "body", "must be a JSON object"),
+        ("[" * 100_000 + "]" * 100_000, "body", "nested too deeply"),
+        ('{"workers": ' + "[" * 100_000 + "]" * 100_000 + "}", "body", "nested too deeply"),
     ],
 )
 def test_bad_scale_requests_are_400_and_change_nothing(space, api, raw, field, fragment):
@@ -288,6 +290,13 @@ def test_new_dask_cluster_requests_are_checked_first(api):
     assert (status, answer["field"]) == (400, "workers")
     status, answer = api("POST", "clusters", body={"workers": 5})
     assert status == 422 and "limit of 3" in answer["message"]
+    status, answer = api("POST", "clusters", raw="[" * 100_000 + "]" * 100_000)
+    assert (status, answer["field"]) == (400, "body") and "nested" in answer["message"]
+    # Option names are the caller's: none may clash with the core's own arguments (they
+    # reach the gateway's option check, here the missing gateway, never a TypeError's 500).
+    for name in ("self", "func", "options"):
+        status, answer = api("POST", "clusters", body={name: 1})
+        assert status == 503 and "not configured" in answer["message"], answer
     # This server has no gateway configured (no DASK_GATEWAY__ADDRESS): said so, not a 500.
     status, answer = api("POST", "clusters", body={})
     assert status == 503 and "not configured" in answer["message"]
