@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="an extra JupyterHub config file (Python), loaded after clusterhub's own",
     )
     up.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="serve the public port over HTTPS with this certificate (PEM, with any "
+        "intermediates); needs --tls-key",
+    )
+    up.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="the private key (PEM, unencrypted) of --tls-cert",
+    )
+    up.add_argument(
         "--start-slots",
         type=_count("--start-slots", 0, 1024),
         default=0,

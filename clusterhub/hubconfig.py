@@ -31,6 +31,8 @@ from .settings import GATEWAY_SERVICE, SETTINGS_ENV, PlatformSettings
 GATEWAY_ACCESS_SCOPE = f"access:services!service={GATEWAY_SERVICE}"
 # The gateway service's token, shared by the hub and the gateway pod (Kubernetes mode).
 GATEWAY_TOKEN_ENV = "CLUSTERHUB_GATEWAY_API_TOKEN"
+# How long browsers keep to HTTPS once they saw the hub over it (one year, as is usual).
+HSTS_MAX_AGE = 365 * 24 * 3600
 # Seconds between the idle culler's checks (the chart's culler.every).
 CULL_EVERY_ENV = "CLUSTERHUB_CULL_EVERY"
 
@@ -59,6 +61,15 @@ def _configure_common(c, settings: PlatformSettings) -> None:
     c.JupyterHub.cookie_secret_file = os.path.join(hub_dir, "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = os.path.join(hub_dir, "jupyterhub.pid")
     c.JupyterHub.cleanup_proxy = True
+
+    # The hub's pages: no other window (a page a user served, a popup it opened) keeps a
+    # handle on them; with TLS, browsers remember to use HTTPS (HSTS).
+    headers = {"Cross-Origin-Opener-Policy": "same-origin"}
+    if settings.tls_cert:
+        c.JupyterHub.ssl_cert = settings.tls_cert
+        c.JupyterHub.ssl_key = settings.tls_key
+        headers["Strict-Transport-Security"] = f"max-age={HSTS_MAX_AGE}"
+    c.JupyterHub.tornado_settings = {"headers": headers}
 
     # Login: any name plus the workshop code; admins with the admin password.
     c.JupyterHub.authenticator_class = "clusterhub.auth.WorkshopAuthenticator"

@@ -64,6 +64,9 @@ class PlatformSettings:
     admin_users: list[str] = field(default_factory=lambda: ["admin"])
     proxy_command: list[str] = field(default_factory=lambda: ["configurable-http-proxy"])
     extra_config_file: str = ""
+    # HTTPS on the public port (local mode: the proxy serves it); both or neither.
+    tls_cert: str = ""
+    tls_key: str = ""
     cull_idle_timeout: int = 3600
     concurrent_spawn_limit: int = 50
     # Local mode, as root: one system account and control group per user.
@@ -100,7 +103,8 @@ class PlatformSettings:
         host = self.ip if self.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}/"
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str) -> None:

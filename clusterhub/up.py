@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -115,6 +116,43 @@ def check_config_file(path: str | None) -> str:
     except OSError as exc:
         raise UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
     return path
+
+
+def check_tls(cert: str | None, key: str | None) -> tuple[str, str]:
+    """Both files or neither; they must load as a certificate and its key."""
+    if not cert and not key:
+        return "", ""
+    if not cert or not key:
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise UsageError(f"{given} needs {missing} too (the certificate and its private key)")
+    cert, key = os.path.abspath(cert), os.path.abspath(key)
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise UsageError(f"{flag}: no such file: {path}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and its "
+            f"unencrypted private key ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--tls-cert/--tls-key: cannot read them: {exc.strerror}") from None
+    return cert, key
+
+
+def cleartext_warning(ip: str, tls: bool) -> str | None:
+    """One line when the public port is reachable from other machines without TLS."""
+    if tls:
+        return None
+    if ip and ipaddress.ip_address(ip).is_loopback:
+        return None
+    where = f"on {ip}" if ip not in ("", "0.0.0.0", "::") else "on all interfaces"
+    return (
+        f"  warning:       listening {where} without TLS: the workshop code and every "
+        "session cross the network in clear text; use --tls-cert and --tls-key"
+    )
 
 
 PROXY_COMMAND_ENV = "CLUSTERHUB_PROXY_COMMAND"
@@ -221,9 +259,16 @@ def load_secrets(data_dir: str, flag_code: str | None) -> tuple[Secrets, bool]:
 
 
 # -- running ---------------------------------------------------------------------------------
+# Only "is our own proxy up yet?": its certificate may name another host than the loopback
+# address asked here, or be self-signed, and nothing is sent that needs it checked.
+_LIVENESS_TLS = ssl.create_default_context()
+_LIVENESS_TLS.check_hostname = False
+_LIVENESS_TLS.verify_mode = ssl.CERT_NONE
+
+
 def _healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=_LIVENESS_TLS) as response:
             return response.status == 200
     except OSError:
         return False
@@ -377,6 +422,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     elif os.environ.get(WORKSHOP_CODE_ENV):
         check_workshop_code(os.environ[WORKSHOP_CODE_ENV], WORKSHOP_CODE_ENV)
     config_file = check_config_file(args.config)
+    tls_cert, tls_key = check_tls(getattr(args, "tls_cert", None), getattr(args, "tls_key", None))
     proxy = find_proxy()
     check_java()
     try:
@@ -426,6 +472,8 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         gateway_tcp_port=free_port(),
         proxy_command=proxy,
         extra_config_file=config_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         user_accounts=user_accounts,
         account_prefix=getattr(args, "account_prefix", "ch-"),
         account_uid_min=getattr(args, "uid_range", (20000, 29999))[0],
@@ -489,6 +537,9 @@ def run_up(args) -> int:
             _say(f"clusterhub is ready at {settings.local_url}")
             if settings.ip in ("", "0.0.0.0", "::"):
                 _say(f"  (listening on all interfaces, port {settings.port})")
+            warning = cleartext_warning(settings.ip, bool(settings.tls_cert))
+            if warning:
+                _say(warning)
             note = " (generated; keep it for the next run)" if generated else ""
             _say(f"  workshop code: {settings.workshop_code}{note}")
             _say(f"  admin login:   {settings.admin_users[0]} / {settings.admin_password}")

@@ -7,6 +7,7 @@ Jupyter-free core in :mod:`.core`). It is enabled by the
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -19,4 +20,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .handlers import setup_handlers
 
     setup_handlers(serverapp.web_app)
+    if os.environ.get("JUPYTERHUB_API_URL"):
+        # A user's server behind the hub shares the hub's origin: like the hub's own pages,
+        # JupyterLab keeps no opener relation with windows other pages open.
+        headers = serverapp.web_app.settings.setdefault("headers", {})
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     serverapp.log.info("clusterhub: Clusters API at %sclusterhub/api/", serverapp.base_url)

@@ -83,6 +83,8 @@ class RunningPlatform:
         self.workshop_code = workshop_code
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # With --tls-cert: the CA file clients trust (see use_tls).
+        self.ca_file: str | None = None
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self.output: list[str] = []
@@ -214,6 +216,11 @@ class RunningPlatform:
                 pass
         return described
 
+    def use_tls(self, ca_file: str) -> None:
+        """Talk HTTPS to it from now on, trusting ``ca_file``."""
+        self.url = self.url.replace("http://", "https://")
+        self.ca_file = ca_file
+
     def admin_api(self, method: str, path: str, **kwargs) -> requests.Response:
         """Call the hub's REST API as the admin, with a token made through the login form."""
         if not hasattr(self, "_admin_token"):
@@ -228,6 +235,8 @@ class RunningPlatform:
             response.raise_for_status()
             self._admin_token = response.json()["token"]
         headers = {"Authorization": f"token {self._admin_token}"}
+        if self.ca_file:
+            kwargs.setdefault("verify", self.ca_file)
         return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, **kwargs)
 
 
@@ -262,6 +271,10 @@ class BrowserUser:
         self.name = name
         self.password = platform.workshop_code if password is None else password
         self.session = requests.Session()
+        if platform.ca_file:
+            # (with trust_env, REQUESTS_CA_BUNDLE would win over the session's own CA file)
+            self.session.trust_env = False
+            self.session.verify = platform.ca_file
         self.base = platform.url
 
     # -- cookies ------------------------------------------------------------------------------
