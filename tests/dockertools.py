@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import testcache
+
 REPO = Path(__file__).resolve().parent.parent
 IMAGES_DIR = REPO / "images"
 # Images the tests use (and build.sh builds), tagged <PREFIX>/<name>:<TAG>.
@@ -38,8 +40,8 @@ BASE_MAX_AGE_S = 7 * 24 * 3600
 
 
 def cache_dir() -> Path:
-    """Files kept between test runs: ``<venv>/var/clusterhub-images``."""
-    return Path(sys.prefix) / "var" / "clusterhub-images"
+    """Files kept between test runs (see testcache)."""
+    return testcache.cache_dir("images")
 
 
 def missing_requirements() -> str | None:

