@@ -2,9 +2,10 @@
 
 ``clusterhub up`` and the Helm chart both load ``jupyterhub_config.py`` beside this
 module, which calls :func:`configure_hub`. What differs is the settings file: in "local"
-mode the hub starts the proxy and the gateway itself and spawns local processes; in
-"kubernetes" mode the proxy and the gateway are their own pods and each user gets a
-namespace. The ``kubernetes`` settings (written by the chart from its values):
+mode the hub starts the proxy and spawns local processes (`clusterhub up` runs the
+gateway beside it; a hub on its own starts it as a managed service); in "kubernetes"
+mode the proxy and the gateway are their own pods and each user gets a namespace. The
+``kubernetes`` settings (written by the chart from its values):
 
 ``hub_namespace``, ``hub_name``, ``namespace_prefix``, ``notebook_image``,
 ``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
@@ -137,6 +138,20 @@ def _configure_local(c, settings: PlatformSettings) -> None:
     c.JupyterHub.active_server_limit = settings.max_servers
     c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
 
+    if settings.gateway_api_token:
+        # `clusterhub up` runs the gateway beside the hub, not under it, and supervises both:
+        # a restart of the hub leaves the gateway and its clusters running.
+        c.JupyterHub.services.append(
+            {
+                "name": GATEWAY_SERVICE,
+                "url": f"http://127.0.0.1:{settings.gateway_http_port}",
+                "api_token": settings.gateway_api_token,
+                "display": False,
+            }
+        )
+        return
+    # The hub on its own (e.g. the hub image with a local-mode settings file): it starts the
+    # gateway as a managed service.
     gateway_config = os.path.join(os.path.dirname(gateway.__file__), "dask_gateway_config.py")
     c.JupyterHub.services.append(
         {
@@ -148,7 +163,6 @@ def _configure_local(c, settings: PlatformSettings) -> None:
                 SETTINGS_ENV: os.environ.get(SETTINGS_ENV, settings.path("run", "settings.json")),
                 "PATH": os.environ.get("PATH", ""),
                 PLATFORM_MARKER: os.path.abspath(settings.data_dir),
-                # Schedulers and workers take turns with every other start (see up.py).
                 admission.SOCKET_ENV: os.environ.get(admission.SOCKET_ENV, ""),
             },
             "display": False,

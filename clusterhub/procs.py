@@ -195,3 +195,13 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, as the kernel counts it: the
+    same value every time for one process), or None if there is no such process. With the
+    pid, it names one process: a pid reused later has another start time."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None

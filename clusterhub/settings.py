@@ -54,6 +54,9 @@ class PlatformSettings:
     workshop_code: str
     admin_password: str
     gateway_encrypt_key: str
+    # Local mode: the gateway's token as a hub service (it is `clusterhub up`'s child, not
+    # the hub's); a new one each run.
+    gateway_api_token: str = ""
     ip: str = ""
     port: int = 8000
     hub_port: int = 8081

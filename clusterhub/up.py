@@ -2,8 +2,9 @@
 
 Everything is checked before anything starts (flags, ports, node, the proxy,
 Java), so a mistake costs one clear line and leaves nothing half-started. The
-hub then runs as a child in its own session; it starts the proxy, the gateway
-and the culler itself (JupyterHub-managed services). On SIGINT/SIGTERM, and on
+hub and the Dask Gateway then run as children, each in its own session, and are
+restarted when they exit unexpectedly (:mod:`clusterhub.supervise`); the hub
+starts the proxy and the idle culler itself. On SIGINT/SIGTERM, and on
 SIGHUP when its terminal closes (not under nohup), the hub is asked to stop (it
 stops every user server, and each server stops its clusters and engines);
 whatever still carries the platform's marker after that is stopped too.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import psutil
 from cryptography.fernet import Fernet
 
-from . import admission, kernel_sockets, procs
+from . import admission, gateway, kernel_sockets, procs
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
@@ -40,6 +41,7 @@ from .gateway.warm_pool import (
 from .ports import chosen_range, free_port, port_is_free, reserve
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
+from .supervise import Supervised
 
 WORKSHOP_CODE_ENV = "CLUSTERHUB_WORKSHOP_CODE"
 MIN_CODE_LENGTH = 8
@@ -309,10 +311,13 @@ def secure_data_dir(settings: PlatformSettings) -> None:
 
 
 class Platform:
+    """The hub (with its proxy and idle culler) and the gateway, each supervised: restarted
+    when it exits unexpectedly, while attendees' servers, kernels and clusters run on."""
+
     def __init__(self, settings: PlatformSettings):
         self.settings = settings
-        self.hub: subprocess.Popen | None = None
         self.log_path = settings.path("logs", "hub.log")
+        self.gateway_log_path = settings.path("logs", "gateway.log")
         this_platform = platform_id(settings.data_dir)
         self.runtime_root = kernel_sockets.runtime_root(this_platform)
         # In this process, not the hub's: the queue outlives a restart of the hub.
@@ -320,58 +325,95 @@ class Platform:
             admission.socket_path(this_platform),
             settings.start_slots or admission.default_slots(),
         )
+        self.hub = Supervised("hub", self._start_hub, before_restart=self._clear_dead_hub)
+        self.gateway = Supervised("gateway", self._start_gateway)
 
     def start(self) -> None:
         s = self.settings
         for sub in ("hub", "gateway", "homes", "spaces", "logs", "run"):
             os.makedirs(s.path(sub), exist_ok=True)
         secure_data_dir(s)
-        settings_file = s.path("run", "settings.json")
-        s.save(settings_file)
+        s.save(s.path("run", "settings.json"))
         self.admission.start()
-        env = dict(os.environ)
-        env[admission.SOCKET_ENV] = self.admission.server.path
-        env[SETTINGS_ENV] = settings_file
-        env[procs.PLATFORM_MARKER] = s.data_dir
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        self.gateway.start()
+        self.hub.start()
+
+    def _environment(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            admission.SOCKET_ENV: self.admission.server.path,
+            SETTINGS_ENV: s.path("run", "settings.json"),
+            procs.PLATFORM_MARKER: s.data_dir,
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        }
+
+    def _start_hub(self) -> subprocess.Popen:
         config_file = os.path.join(
             os.path.dirname(os.path.abspath(__file__)), "jupyterhub_config.py"
         )
-        log = open(self.log_path, "ab")
-        try:
-            self.hub = subprocess.Popen(
-                [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", config_file],
-                cwd=s.path("hub"),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        return _popen_logged(
+            [os.path.join(os.path.dirname(sys.executable), "jupyterhub"), "-f", config_file],
+            cwd=self.settings.path("hub"),
+            env={**os.environ, **self._environment()},
+            log_path=self.log_path,
+        )
+
+    def _start_gateway(self) -> subprocess.Popen:
+        """The Dask Gateway, a hub service by URL and token but this process's child: a
+        restart of the hub leaves it, and the clusters it tracks, alone."""
+        s = self.settings
+        gateway_config = os.path.join(
+            os.path.dirname(os.path.abspath(gateway.__file__)), "dask_gateway_config.py"
+        )
+        # As clean as JupyterHub gives a managed service: what its processes inherit is
+        # chosen (LocalSpaceBackend.inherited_environment), not whatever `up` had.
+        env = {k: os.environ[k] for k in GATEWAY_INHERITED_ENV if k in os.environ}
+        env.update(self._environment())
+        env["JUPYTERHUB_API_TOKEN"] = s.gateway_api_token
+        env["JUPYTERHUB_API_URL"] = f"http://127.0.0.1:{s.hub_port}/hub/api"
+        return _popen_logged(
+            [
+                os.path.join(os.path.dirname(sys.executable), "dask-gateway-server"),
+                "-f",
+                gateway_config,
+            ],
+            cwd=s.path("gateway"),
+            env=env,
+            log_path=self.gateway_log_path,
+        )
+
+    def _clear_dead_hub(self) -> None:
+        """What a hub that died leaves and its successor would duplicate: its idle culler
+        (the proxy it started is replaced by the new hub itself, from its pid file)."""
+        for proc in procs.find_marked(procs.PLATFORM_MARKER, self.settings.data_dir):
+            try:
+                if "jupyterhub_idle_culler" in proc.cmdline():
+                    proc.kill()
+            except psutil.Error:
+                pass
 
     def wait_ready(self, stopping) -> None:
         s = self.settings
         steps = [
-            ("hub and proxy", f"{s.local_url}hub/health"),
-            ("Dask Gateway", f"{s.gateway_url}/api/health"),
+            ("hub and proxy", f"{s.local_url}hub/health", self.hub, self.log_path),
+            ("Dask Gateway", f"{s.gateway_url}/api/health", self.gateway, self.gateway_log_path),
         ]
         deadline = time.monotonic() + HUB_START_TIMEOUT
-        for name, url in steps:
+        for name, url, child, log_path in steps:
             _say(f"  starting {name} ...")
             while not _healthy(url):
-                if self.hub.poll() is not None:
+                if not child.running():
                     raise RuntimeError(
-                        f"the hub exited while starting (code {self.hub.returncode}); "
-                        f"last lines of {self.log_path}:\n{_tail(self.log_path)}"
+                        f"the {child.name} exited while starting (code "
+                        f"{child.proc.returncode}); last lines of {log_path}:\n"
+                        f"{_tail(log_path)}"
                     )
                 if stopping():
                     return
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"{name} did not become ready in {HUB_START_TIMEOUT} s; "
-                        f"see {self.log_path}:\n{_tail(self.log_path)}"
+                        f"see {log_path}:\n{_tail(log_path)}"
                     )
                 time.sleep(0.2)
             _say(f"  {name}: ready")
@@ -391,16 +433,29 @@ class Platform:
                 break
         _say(f"  warm-up: done in {time.monotonic() - start:.0f} s")
 
+    def supervise(self) -> str | None:
+        """One round of supervision; returns why to give up, or None."""
+        for child, log_path in ((self.gateway, self.gateway_log_path), (self.hub, self.log_path)):
+            reason = child.check(_say)
+            if reason:
+                return f"{reason}; last lines of {log_path}:\n{_tail(log_path)}"
+        return None
+
     def stop(self) -> None:
-        if self.hub is not None and self.hub.poll() is None:
-            _say("Stopping: user servers, clusters and engines, then the hub ...")
-            self.hub.send_signal(signal.SIGTERM)
+        _say("Stopping: user servers, clusters and engines, then the hub ...")
+        # The hub first: stopping each server stops its clusters through the gateway.
+        for child in (self.hub, self.gateway):
+            child.restart_at = None
+            proc = child.proc
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.hub.wait(HUB_STOP_TIMEOUT)
+                proc.wait(HUB_STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                _say("  the hub did not stop in time; stopping it by force")
-                os.killpg(self.hub.pid, signal.SIGKILL)
-                self.hub.wait()
+                _say(f"  the {child.name} did not stop in time; stopping it by force")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         left = procs.sweep(procs.PLATFORM_MARKER, self.settings.data_dir)
         if left:
             _say(f"  stopped {left} leftover processes")
@@ -412,6 +467,25 @@ class Platform:
             left = remove_platform_groups(platform_id(self.settings.data_dir))
             if left:
                 _say(f"  removed {left} leftover control groups")
+
+
+# What the gateway inherits from `clusterhub up` (JupyterHub's env_keep, as for a service).
+GATEWAY_INHERITED_ENV = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL")
+
+
+def _popen_logged(cmd: list[str], cwd: str, env: dict, log_path: str) -> subprocess.Popen:
+    """A child in a session of its own (a Ctrl-C in the terminal reaches `up` only, which
+    then stops everything in order), its output appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def resolve_settings(args) -> tuple[PlatformSettings, bool]:
@@ -463,6 +537,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         workshop_code=found.workshop_code,
         admin_password=found.admin_password,
         gateway_encrypt_key=found.gateway_encrypt_key,
+        gateway_api_token=secrets.token_hex(32),
         ip=ip,
         port=args.port,
         hub_port=free_port(),
@@ -550,11 +625,9 @@ def run_up(args) -> int:
                 _say(describe_prewarm(settings))
             _say("Press Ctrl-C to stop everything.")
         while not stop_requested:
-            if platform.hub.poll() is not None:
-                _say(
-                    f"clusterhub: the hub exited unexpectedly (code {platform.hub.returncode}); "
-                    f"last lines of {platform.log_path}:\n{_tail(platform.log_path)}"
-                )
+            reason = platform.supervise()
+            if reason:
+                _say(f"clusterhub: giving up: {reason}")
                 code = 1
                 break
             time.sleep(0.2)

@@ -50,6 +50,7 @@ from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.owner_tasks import run_as_owner_async
 from clusterhub.ports import accepts
+from clusterhub.procs import process_start_time
 from clusterhub.space import LocalSpace
 
 from .options import SpaceSpawnerMixin
@@ -427,6 +428,41 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
             engines_state = self.space.read_state().get("engines", {})
             engines_state[kind] = state
             self.space.write_state(engines=engines_state)
+
+    # -- after a restart of the hub ------------------------------------------------------------
+    # JupyterHub keeps get_state() in its database and, when it starts again, hands it to
+    # load_state() and poll()s the server, which kept running. A pid alone could by then
+    # name another program (pids are reused): the server's start time goes with it, and a
+    # pid whose process started at another time is never signalled.
+    def get_state(self):
+        state = super().get_state()
+        if self.pid:
+            started = process_start_time(self.pid)
+            if started is not None:
+                state["pid_started"] = started
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self._pid_started = state.get("pid_started")
+
+    def clear_state(self):
+        super().clear_state()
+        self._pid_started = None
+
+    async def poll(self):
+        if self.proc is None and self.pid:
+            recorded = getattr(self, "_pid_started", None)
+            started = process_start_time(self.pid)
+            if started is not None and started != recorded:
+                self.log.warning(
+                    "Server of %s: pid %d is no longer its process; recorded as stopped",
+                    self.user.name,
+                    self.pid,
+                )
+                self.clear_state()
+                return 0
+        return await super().poll()
 
     async def stop(self, now=False):
         watch = getattr(self, "_turn_watch", None)

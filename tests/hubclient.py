@@ -340,23 +340,35 @@ class BrowserUser:
             method, f"{self.base}{prefix}{path.lstrip('/')}", headers=headers, **kwargs
         )
 
-    def run_notebook(self, path: str, timeout: float = 300) -> list[str]:
-        """Run every code cell of a notebook in the user's home, in order, in a new kernel,
-        as "Run All" in JupyterLab does; returns each cell's output. A failing cell raises."""
+    def notebook_code(self, path: str) -> list[str]:
+        """The code cells of a notebook in the user's home, as the server has them."""
         model = self.server_api("GET", f"api/contents/{path}?content=1")
         model.raise_for_status()
         cells = [c for c in model.json()["content"]["cells"] if c["cell_type"] == "code"]
+        return [
+            "".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells
+        ]
+
+    def run_cells(
+        self, kernel: Kernel, path: str, cells: list[str], timeout: float = 300
+    ) -> list[str]:
+        """Run ``cells`` (of notebook ``path``) in order in ``kernel``; returns each output.
+        A failing cell raises, naming the notebook and the cell."""
+        outputs = []
+        for number, code in enumerate(cells, 1):
+            try:
+                outputs.append(kernel.execute(code, timeout=timeout))
+            except KernelError as exc:
+                raise KernelError(f"{path}, code cell {number} failed:\n{exc}") from None
+        return outputs
+
+    def run_notebook(self, path: str, timeout: float = 300) -> list[str]:
+        """Run every code cell of a notebook in the user's home, in order, in a new kernel,
+        as "Run All" in JupyterLab does; returns each cell's output. A failing cell raises."""
+        cells = self.notebook_code(path)
         kernel = self.kernel()
         try:
-            outputs = []
-            for number, cell in enumerate(cells, 1):
-                source = cell["source"]
-                code = "".join(source) if isinstance(source, list) else source
-                try:
-                    outputs.append(kernel.execute(code, timeout=timeout))
-                except KernelError as exc:
-                    raise KernelError(f"{path}, code cell {number} failed:\n{exc}") from None
-            return outputs
+            return self.run_cells(kernel, path, cells, timeout)
         finally:
             kernel.close()
 

@@ -1,0 +1,102 @@
+"""The hub dies (SIGKILL) in the middle of a workshop: `clusterhub up` restarts it, and every
+attendee keeps their server, kernel (and its variables) and Dask cluster. A hub that fails at
+every start makes `up` give up after the restart limit, stop everything and say why."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+from hubclient import BrowserUser, Kernel, marked_processes, running_platform
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def hub_pid(platform) -> int:
+    with open(os.path.join(platform.data_dir, "hub", "jupyterhub.pid")) as f:
+        return int(f.read().strip())
+
+
+def hub_answers(platform) -> bool:
+    try:
+        return requests.get(f"{platform.url}/hub/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def started(platform, name: str) -> BrowserUser:
+    user = BrowserUser(platform, name)
+    user.login().raise_for_status()
+    assert user.spawn(profile="dask").status_code == 302
+    user.wait_ready(timeout=240)
+    return user
+
+
+def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
+    with running_platform(str(tmp_path)) as platform:
+        alice = started(platform, "alice")
+        kernel = alice.kernel()
+        out = kernel.execute(
+            "from dask_gateway import Gateway\n"
+            "x = 42\n"
+            "gateway = Gateway()\n"
+            "cluster = gateway.new_cluster()\n"
+            "cluster.scale(2)\n"
+            "client = cluster.get_client()\n"
+            "client.wait_for_workers(2, timeout=180)\n"
+            "print(cluster.name)\n",
+            timeout=300,
+        )
+        cluster_name = out.strip().splitlines()[-1]
+        server_pid = platform.admin_api("GET", "/users/alice").json()["servers"][""]["state"]["pid"]
+        old_hub = hub_pid(platform)
+
+        os.kill(old_hub, signal.SIGKILL)
+        killed_at = time.monotonic()
+        while not (hub_answers(platform) and hub_pid(platform) != old_hub):
+            assert time.monotonic() - killed_at < 30, "the hub answers again within 30 s"
+            time.sleep(0.5)
+        said = "".join(platform.output)
+        assert "the hub exited unexpectedly (exit status -9); restarting it" in said, said
+
+        # alice: the same server process, the same kernel (a new websocket, through the
+        # proxy the new hub started), its variables, and her cluster.
+        model = platform.admin_api("GET", "/users/alice").json()
+        assert model["servers"][""]["ready"], model
+        assert model["servers"][""]["state"]["pid"] == server_pid
+        kernel.ws.close()
+        same_kernel = Kernel(alice, kernel.id)
+        try:
+            assert same_kernel.execute("print(x)").strip() == "42"
+            mapped = same_kernel.execute(
+                "print(sum(client.gather(client.map(lambda i: i * i, range(20)))), "
+                "cluster.name, len(client.scheduler_info()['workers']))\n",
+                timeout=180,
+            )
+            assert mapped.split() == [str(sum(i * i for i in range(20))), cluster_name, "2"]
+        finally:
+            same_kernel.close()
+
+        # A newcomer gets a server from the restarted hub.
+        bob = started(platform, "bob")
+        assert bob.server_api("GET", "api/status").status_code == 200
+
+
+def test_a_hub_that_fails_at_every_start_makes_up_stop_everything_and_say_why(tmp_path):
+    config = tmp_path / "extra.py"
+    config.write_text("c.JupyterHub.concurrent_spawn_limit = 50\n")
+    with running_platform(str(tmp_path), extra_args=["--config", str(config)]) as platform:
+        # From now on the hub cannot start: its config file raises.
+        config.write_text("raise RuntimeError('this config is broken on purpose')\n")
+        os.kill(hub_pid(platform), signal.SIGKILL)
+        code = platform.proc.wait(timeout=180)
+        platform._drain.join(10)  # what it printed last
+        said = "".join(platform.output)
+        assert code == 1, said
+        assert "the hub exited 6 times within 5 minutes" in said, said
+        assert "broken on purpose" in said, "the log's last lines say why"
+        assert said.count("restarting it in") == 5, said
+        assert not marked_processes("CLUSTERHUB_PLATFORM", platform.data_dir), "all stopped"

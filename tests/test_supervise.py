@@ -1,0 +1,109 @@
+"""Supervision by `clusterhub up` (restart with backoff, give up when it keeps failing), and
+the local spawner re-attaching after a hub restart without ever signalling a reused pid."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from clusterhub.procs import process_start_time
+from clusterhub.supervise import RestartPolicy, Supervised
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_restarts_back_off_and_give_up_after_five_within_five_minutes():
+    clock = Clock()
+    policy = RestartPolicy(clock=clock)
+    delays = []
+    for _ in range(5):
+        delays.append(policy.delay_after_exit())
+        clock.now += 10
+    assert delays == [1.0, 2.0, 4.0, 8.0, 15.0]
+    assert policy.delay_after_exit() is None, "the sixth exit within 5 minutes: give up"
+
+
+def test_restarts_spread_over_time_go_on_for_ever():
+    clock = Clock()
+    policy = RestartPolicy(clock=clock)
+    for _ in range(50):
+        assert policy.delay_after_exit() == 1.0
+        clock.now += 301  # each restart has left the window before the next exit
+    assert policy.recent_restarts == 1
+
+
+def exiting(code: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", f"raise SystemExit({code})"])
+
+
+def test_a_supervised_process_is_restarted_after_its_backoff_then_given_up():
+    clock = Clock()
+    started = []
+    cleared = []
+
+    def start():
+        proc = exiting(3)
+        started.append(proc)
+        return proc
+
+    child = Supervised("hub", start, before_restart=lambda: cleared.append(1), clock=clock)
+    child.start()
+    said = []
+    for attempt in range(5):
+        started[-1].wait()
+        assert child.check(said.append) is None
+        assert said[-1] == (
+            "clusterhub: the hub exited unexpectedly (exit status 3); restarting it in "
+            f"{RestartPolicy().backoff[attempt]:.0f} s"
+        )
+        count = len(started)
+        assert child.check(said.append) is None and len(started) == count, "not before its time"
+        clock.now += 20
+        assert child.check(said.append) is None
+        assert len(started) == count + 1 and len(cleared) == attempt + 1
+    started[-1].wait()
+    reason = child.check(said.append)
+    assert reason == "the hub exited 6 times within 5 minutes (last exit status 3)"
+    assert len(started) == 6
+
+
+def test_a_running_process_is_left_alone():
+    child = Supervised("gateway", lambda: subprocess.Popen(["sleep", "30"]))
+    child.start()
+    try:
+        said = []
+        assert child.check(said.append) is None and not said and child.running()
+    finally:
+        child.proc.kill()
+        child.proc.wait()
+
+
+def test_after_a_hub_restart_a_reused_pid_is_never_signalled(tmp_path):
+    from clusterhub.spawner.local import LocalSpaceSpawner
+
+    other_program = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start_time(other_program.pid)
+        spawner = LocalSpaceSpawner(user=SimpleNamespace(name="alice"), data_dir=str(tmp_path))
+
+        # Control: the state names this very process (same pid, same start time).
+        spawner.load_state({"pid": other_program.pid, "pid_started": started})
+        assert asyncio.run(spawner.poll()) is None, "its server runs: re-attached"
+
+        # The state's pid now belongs to a process that started at another time.
+        spawner.load_state({"pid": other_program.pid, "pid_started": started - 100})
+        assert asyncio.run(spawner.poll()) == 0, "recorded as stopped"
+        assert spawner.pid == 0, "nothing left to signal"
+        assert other_program.poll() is None, "the other program was not signalled"
+        assert spawner.get_state().get("pid") is None
+    finally:
+        other_program.kill()
+        other_program.wait()
