@@ -50,6 +50,27 @@ def marked_processes(marker: str, value: str) -> list[psutil.Process]:
     return find_marked(marker, value, cwd_under=value if marker == "CLUSTERHUB_SPACE" else None)
 
 
+def space_dir(platform: RunningPlatform, name: str) -> str:
+    """Where a platform keeps user ``name``'s space (state, engines' files)."""
+    from clusterhub.space import safe_name
+
+    return os.path.join(platform.data_dir, "spaces", safe_name(name))
+
+
+def space_processes(platform: RunningPlatform, name: str) -> list[psutil.Process]:
+    """Every process of user ``name``'s space: server, kernels, engines, clusters."""
+    return marked_processes("CLUSTERHUB_SPACE", space_dir(platform, name))
+
+
+def ipp_engines(platform: RunningPlatform, name: str) -> list[psutil.Process]:
+    """IPyParallel engines of ``name`` (an engine's own helper child is not an engine)."""
+    found = [
+        p for p in space_processes(platform, name) if "ipyparallel.engine" in " ".join(p.cmdline())
+    ]
+    pids = {p.pid for p in found}
+    return [p for p in found if p.ppid() not in pids]
+
+
 def _hangup_as_from_a_terminal() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 

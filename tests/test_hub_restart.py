@@ -10,7 +10,14 @@ import time
 
 import pytest
 import requests
-from hubclient import BrowserUser, Kernel, marked_processes, running_platform
+from hubclient import (
+    BrowserUser,
+    Kernel,
+    ipp_engines,
+    marked_processes,
+    running_platform,
+    space_processes,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -27,17 +34,32 @@ def hub_answers(platform) -> bool:
         return False
 
 
-def started(platform, name: str) -> BrowserUser:
+def started(platform, name: str, **options) -> BrowserUser:
     user = BrowserUser(platform, name)
     user.login().raise_for_status()
-    assert user.spawn(profile="dask").status_code == 302
+    assert user.spawn(**{"profile": "dask", **options}).status_code == 302
     user.wait_ready(timeout=240)
     return user
 
 
+def engine_pids(platform, name: str) -> set[int]:
+    return {p.pid for p in ipp_engines(platform, name)}
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
 def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
     with running_platform(str(tmp_path)) as platform:
-        alice = started(platform, "alice")
+        alice = started(platform, "alice", profile="dask-ipyparallel", workers=2)
+        wait_for(lambda: len(engine_pids(platform, "alice")) == 2, 180, "alice's engines")
+        engines = engine_pids(platform, "alice")
+        started(platform, "carol")
+        carol_server = platform.admin_api("GET", "/users/carol").json()["servers"][""]["state"]
         kernel = alice.kernel()
         out = kernel.execute(
             "from dask_gateway import Gateway\n"
@@ -56,6 +78,8 @@ def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
 
         os.kill(old_hub, signal.SIGKILL)
         killed_at = time.monotonic()
+        # carol's server dies while there is no hub to notice.
+        os.kill(carol_server["pid"], signal.SIGKILL)
         while not (hub_answers(platform) and hub_pid(platform) != old_hub):
             assert time.monotonic() - killed_at < 30, "the hub answers again within 30 s"
             time.sleep(0.5)
@@ -79,6 +103,16 @@ def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
             assert mapped.split() == [str(sum(i * i for i in range(20))), cluster_name, "2"]
         finally:
             same_kernel.close()
+
+        assert engine_pids(platform, "alice") == engines, "her engines ran on, untouched"
+
+        # carol's server is recorded as stopped, and her space cleaned up as on a stop.
+        wait_for(
+            lambda: not platform.admin_api("GET", "/users/carol").json()["servers"],
+            60,
+            "carol's dead server recorded as stopped",
+        )
+        wait_for(lambda: not space_processes(platform, "carol"), 60, "carol's space stopped")
 
         # A newcomer gets a server from the restarted hub.
         bob = started(platform, "bob")

@@ -17,11 +17,15 @@ import time
 
 import psutil
 import pytest
-from hubclient import BrowserUser, RunningPlatform, marked_processes, running_platform
+from hubclient import (
+    BrowserUser,
+    marked_processes,
+    running_platform,
+    space_dir,
+    space_processes,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-SPACE_MARKER = "CLUSTERHUB_SPACE"
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +38,6 @@ def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     mapped = getattr(ip, "ipv4_mapped", None)  # Java listens on ::ffff:127.0.0.1
     return (mapped or ip).is_loopback
-
-
-def space_dir(platform: RunningPlatform, name: str) -> str:
-    from clusterhub.space import safe_name
-
-    return os.path.join(platform.data_dir, "spaces", safe_name(name))
-
-
-def space_processes(platform: RunningPlatform, name: str):
-    return marked_processes(SPACE_MARKER, space_dir(platform, name))
 
 
 def started_user(platform, name, **options) -> BrowserUser:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from hubclient import BrowserUser, marked_processes, running_platform
+from hubclient import BrowserUser, ipp_engines, marked_processes, running_platform, space_dir
 
 from clusterhub import kernel_sockets
 from clusterhub.fences import Fence, cgroup_version, platform_id
@@ -111,10 +111,6 @@ def bob_kernel(bob):
     kernel = bob.kernel()
     yield kernel
     kernel.close()
-
-
-def space_dir(platform, name: str) -> str:
-    return os.path.join(platform.data_dir, "spaces", safe_name(name))
 
 
 def uid_of(platform, name: str) -> int:
@@ -410,17 +406,6 @@ def marked_processes_named(platform, name: str, part: str) -> list[psutil.Proces
         for p in marked_processes("CLUSTERHUB_SPACE", space_dir(platform, name))
         if part in " ".join(p.cmdline())
     ]
-
-
-def ipp_engines(platform, name: str) -> list[psutil.Process]:
-    """IPyParallel engines of ``name`` (an engine's own helper child is not an engine)."""
-    found = [
-        p
-        for p in marked_processes("CLUSTERHUB_SPACE", space_dir(platform, name))
-        if "ipyparallel.engine" in " ".join(p.cmdline())
-    ]
-    pids = {p.pid for p in found}
-    return [p for p in found if p.ppid() not in pids]
 
 
 def test_concurrent_scaling_never_passes_the_profiles_limit(platform, alice):
