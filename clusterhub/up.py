@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import psutil
 from cryptography.fernet import Fernet
 
-from . import admission, gateway, kernel_sockets, procs
+from . import admission, gateway, kernel_sockets, procs, takeover
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
@@ -489,7 +489,10 @@ def _popen_logged(cmd: list[str], cwd: str, env: dict, log_path: str) -> subproc
 
 
 def resolve_settings(args) -> tuple[PlatformSettings, bool]:
-    """Check every flag and the machine; raise UsageError before anything starts."""
+    """Check every flag and the machine; raise UsageError before anything starts.
+
+    Takes this data dir's lock (held until the process exits) and, if a previous `up`
+    died leaving the platform's own processes running, stops those as the last step."""
     ip = check_ip(args.ip)
     if args.workshop_code is not None:
         check_workshop_code(args.workshop_code, "--workshop-code")
@@ -503,35 +506,40 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         chosen_range()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not port_is_free(ip, args.port):
+    user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
+    if user_accounts:
+        check_shared_install()
+    data_dir = check_data_dir(args.data_dir or default_data_dir(), shared=user_accounts)
+    lock = takeover.PlatformLock(data_dir)
+    try:
+        lock.acquire()
+    except takeover.InUse as exc:
+        raise UsageError(
+            f"--data-dir {data_dir} is in use by a running platform ({exc}); stop it first "
+            "or choose another data dir"
+        ) from None
+    _LOCKS.append(lock)
+    left = takeover.leftovers(data_dir)
+    # The public port may be held by the proxy a previous `up` left: it is stopped below.
+    if not port_is_free(ip, args.port) and args.port not in takeover.listening_ports(left):
         where = ip or "all interfaces"
         raise UsageError(
             f"port {args.port} on {where} is in use: stop what uses it, or choose another "
             "with --port"
         )
     reserve(args.port)  # free now, the proxy's later: never one of the ports chosen below
-    user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
-    if user_accounts:
-        check_shared_install()
-    data_dir = check_data_dir(args.data_dir or default_data_dir(), shared=user_accounts)
-    pidfile = os.path.join(data_dir, "hub", "jupyterhub.pid")
-    if os.path.exists(pidfile):
-        try:
-            with open(pidfile) as f:
-                pid = int(f.read().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            pass
-        else:
-            raise UsageError(
-                f"--data-dir {data_dir} is in use by a running platform (hub pid {pid}); "
-                "stop it first or choose another data dir"
-            )
     found, generated = load_secrets(data_dir, args.workshop_code)
     expect = getattr(args, "expect", 0)
     warm = WARM_PER_CLUSTER
     if expect:
         warm, _ = prewarm_plan(expect, psutil.virtual_memory().available)
+    if left:
+        _say(
+            f"clusterhub: a previous clusterhub up for {data_dir} stopped without stopping "
+            f"its hub; taking over (attendees' servers, kernels and clusters are kept)"
+        )
+        takeover.stop(left)
+    ports = _internal_ports(data_dir)
     settings = PlatformSettings(
         data_dir=data_dir,
         workshop_code=found.workshop_code,
@@ -540,11 +548,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         gateway_api_token=secrets.token_hex(32),
         ip=ip,
         port=args.port,
-        hub_port=free_port(),
-        proxy_api_port=free_port(),
-        gateway_api_port=free_port(),
-        gateway_http_port=free_port(),
-        gateway_tcp_port=free_port(),
+        **ports,
         proxy_command=proxy,
         extra_config_file=config_file,
         tls_cert=tls_cert,
@@ -560,6 +564,36 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         warm_interpreters=warm,
     )
     return settings, generated
+
+
+INTERNAL_PORTS = (
+    "hub_port",
+    "proxy_api_port",
+    "gateway_api_port",
+    "gateway_http_port",
+    "gateway_tcp_port",
+)
+# This process's data dir lock, held until it exits.
+_LOCKS: list[takeover.PlatformLock] = []
+
+
+def _internal_ports(data_dir: str) -> dict[str, int]:
+    """The previous run's internal ports where they are free, else new ones: servers,
+    kernels and clusters that outlived a previous `up` reach the hub and the gateway at the
+    addresses they were given."""
+    try:
+        previous = read_json(os.path.join(data_dir, "run", "settings.json")) or {}
+    except (OSError, ValueError):
+        previous = {}
+    ports = {}
+    for name in INTERNAL_PORTS:
+        port = previous.get(name)
+        if isinstance(port, int) and 0 < port < 65536 and port_is_free("127.0.0.1", port):
+            reserve(port)
+            ports[name] = port
+        else:
+            ports[name] = free_port()
+    return ports
 
 
 def describe_isolation(settings: PlatformSettings) -> list[str]:

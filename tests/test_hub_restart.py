@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 import requests
 from hubclient import (
@@ -134,3 +137,57 @@ def test_a_hub_that_fails_at_every_start_makes_up_stop_everything_and_say_why(tm
         assert "broken on purpose" in said, "the log's last lines say why"
         assert said.count("restarting it in") == 5, said
         assert not marked_processes("CLUSTERHUB_PLATFORM", platform.data_dir), "all stopped"
+
+
+def test_an_up_started_again_after_its_predecessor_died_takes_over_every_session(tmp_path):
+    with running_platform(str(tmp_path)) as platform:
+        alice = started(platform, "alice")
+        kernel = alice.kernel()
+        kernel.execute(
+            "from dask_gateway import Gateway\n"
+            "x = 42\n"
+            "gateway = Gateway()\n"
+            "cluster = gateway.new_cluster()\n"
+            "cluster.scale(1)\n"
+            "client = cluster.get_client()\n"
+            "client.wait_for_workers(1, timeout=180)\n",
+            timeout=300,
+        )
+        server_pid = platform.admin_api("GET", "/users/alice").json()["servers"][""]["state"]["pid"]
+        first_up = platform.proc.pid
+
+        # While it runs, a second `up` on the same data dir is refused, naming the first.
+        second = subprocess.run(
+            [sys.executable, "-m", "clusterhub.cli", "up", "--ip", "127.0.0.1", "--port",
+             "1", "--data-dir", platform.data_dir],
+            env=platform.env(), capture_output=True, text=True, timeout=120,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"in use by a running platform (clusterhub up pid {first_up})" in second.stderr
+
+        # `clusterhub up` itself dies; the hub, the proxy and the gateway it started run on.
+        old_hub = hub_pid(platform)
+        platform.proc.kill()
+        platform.proc.wait()
+        assert hub_answers(platform), "nothing stopped the hub"
+
+        platform.start()  # the organiser runs it again
+        said = "".join(platform.output)
+        assert "taking over (attendees' servers, kernels and clusters are kept)" in said, said
+        assert hub_pid(platform) != old_hub
+        assert not psutil.pid_exists(old_hub)
+        model = platform.admin_api("GET", "/users/alice").json()
+        assert model["servers"][""]["ready"] and model["servers"][""]["state"]["pid"] == server_pid
+
+        kernel.ws.close()
+        same_kernel = Kernel(alice, kernel.id)
+        try:
+            assert same_kernel.execute("print(x)").strip() == "42"
+            total = same_kernel.execute(
+                "print(sum(client.gather(client.map(lambda i: i + 1, range(20)))))",
+                timeout=180,
+            )
+            assert total.strip() == str(sum(range(1, 21)))
+        finally:
+            same_kernel.close()

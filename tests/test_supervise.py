@@ -4,6 +4,7 @@ the local spawner re-attaching after a hub restart without ever signalling a reu
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -107,3 +108,56 @@ def test_after_a_hub_restart_a_reused_pid_is_never_signalled(tmp_path):
     finally:
         other_program.kill()
         other_program.wait()
+
+
+# -- one `up` per data dir, and taking over from one that died ------------------------------
+
+
+def test_the_platforms_own_processes_are_told_from_attendees_by_their_command():
+    from clusterhub.takeover import platform_role
+
+    venv = "/opt/clusterhub/bin"
+    cases = {
+        "hub": [f"{venv}/python", f"{venv}/jupyterhub", "-f", "/x/jupyterhub_config.py"],
+        "proxy": ["node", "/x/node_modules/.bin/configurable-http-proxy", "--ip", "127.0.0.1"],
+        "gateway": [f"{venv}/python", f"{venv}/dask-gateway-server", "-f", "/x/config.py"],
+        "culler": [f"{venv}/python", "-m", "jupyterhub_idle_culler", "--timeout=3600"],
+    }
+    for role, cmdline in cases.items():
+        assert platform_role(cmdline) == role
+    attendees = [
+        [f"{venv}/python", f"{venv}/jupyterhub-singleuser", "--ip=127.0.0.1"],
+        [f"{venv}/python", "-m", "ipykernel_launcher", "-f", "/x/kernel-1.json"],
+        [f"{venv}/python", "-m", "distributed.cli.dask_scheduler", "--dashboard-address", ":0"],
+        [f"{venv}/python", "-c", "import jupyterhub"],
+        ["/usr/bin/java", "-cp", "/x/jupyterhub/*", "org.apache.spark.deploy.worker.Worker"],
+    ]
+    for cmdline in attendees:
+        assert platform_role(cmdline) is None, cmdline
+
+
+def test_a_second_up_on_one_data_dir_is_refused_with_the_first_ones_pid(tmp_path):
+    from clusterhub.takeover import InUse, PlatformLock
+
+    first = PlatformLock(str(tmp_path))
+    first.acquire()
+    holder = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from clusterhub.takeover import PlatformLock, InUse\n"
+            "try:\n"
+            f"    PlatformLock({str(tmp_path)!r}).acquire()\n"
+            "except InUse as exc:\n"
+            "    print(exc.pid)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert holder.stdout.strip() == str(os.getpid()), holder.stderr
+    first.release()
+    again = PlatformLock(str(tmp_path))
+    again.acquire()  # free once its holder is gone
+    again.release()
+    assert InUse(None).pid is None

@@ -1,0 +1,111 @@
+"""One `clusterhub up` per data dir, and taking over from one that died.
+
+`clusterhub up` holds a lock in its data dir for as long as it runs: a second one is refused
+with the first one's pid. If the lock is free but the platform's own processes still run (the
+hub, its proxy and idle culler, the gateway), the `up` that started them died without
+stopping them (SIGKILL, a crash). The next `up` then stops just those, by force so that none
+of them cleans up after itself, and starts its own on the same internal ports: attendees'
+servers, kernels, engines and clusters were never theirs to stop, and the new hub and
+gateway re-attach to them from their databases.
+
+Only processes that carry this platform's marker in their environment are ever signalled, so
+a pid reused by another program is left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import psutil
+
+from . import procs
+
+LOCK_NAME = "up.lock"
+# An executable's name -> the platform role of the process running it.
+ROLES = {
+    "jupyterhub": "hub",
+    "configurable-http-proxy": "proxy",
+    "dask-gateway-server": "gateway",
+}
+
+
+class InUse(Exception):
+    """Another `clusterhub up` runs on this data dir."""
+
+    def __init__(self, pid: int | None):
+        self.pid = pid
+        super().__init__(f"clusterhub up pid {pid}" if pid else "another clusterhub up")
+
+
+class PlatformLock:
+    """Held (an exclusive flock) from :meth:`acquire` until this process exits."""
+
+    def __init__(self, data_dir: str):
+        self.path = os.path.join(data_dir, "run", LOCK_NAME)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        # Not inherited by children (Python opens files close-on-exec): the lock goes with
+        # this process, whatever it leaves running.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise InUse(int(holder) if holder.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def platform_role(cmdline: list[str]) -> str | None:
+    """Which of the platform's own processes ``cmdline`` runs, if any: "hub", "proxy",
+    "gateway" or "culler". Attendees' servers, kernels and engines have no role here."""
+    for arg in cmdline[:3]:
+        role = ROLES.get(os.path.basename(arg))
+        if role:
+            return role
+    if "jupyterhub_idle_culler" in cmdline:
+        return "culler"
+    return None
+
+
+def leftovers(data_dir: str) -> list[psutil.Process]:
+    """The platform's own processes still running for ``data_dir``."""
+    found = []
+    for proc in procs.find_marked(procs.PLATFORM_MARKER, data_dir):
+        try:
+            if platform_role(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def listening_ports(processes: list[psutil.Process]) -> set[int]:
+    ports = set()
+    for proc in processes:
+        try:
+            connections = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)
+    return ports
+
+
+def stop(processes: list[psutil.Process], timeout: float = 10) -> None:
+    """SIGKILL, as a crash would: a hub asked to stop would stop every attendee's server."""
+    for proc in processes:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(processes, timeout=timeout)
