@@ -34,6 +34,7 @@ LONGEST_FIRST = (
     "docker",
     "test_platform_e2e",
     "test_strangers",
+    "test_hub_restart",
     "test_build",
     "test_clusters_core",
     "test_gateway_faults",
