@@ -409,16 +409,7 @@ class Kernel:
     def __init__(self, user: BrowserUser, kernel_id: str):
         self.user = user
         self.id = kernel_id
-        base = urlparse(user.base)
-        url = f"ws://{base.netloc}/user/{user.name}/api/kernels/{kernel_id}/channels"
-        cookies = "; ".join(f"{c.name}={c.value}" for c in user.session.cookies)
-        self.ws = websocket.create_connection(
-            url,
-            cookie=cookies,
-            header=[f"X-XSRFToken: {user.xsrf(f'/user/{user.name}/')}"],
-            origin=user.base,
-            timeout=300,
-        )
+        self.ws = self._connect()
         self.session_id = uuid.uuid4().hex
         # jupyter-server closes a kernel's websocket whose client has not answered its pings
         # for 90 s; a browser answers them on its own, so this client does too while idle.
@@ -439,6 +430,32 @@ class Kernel:
                     pass
                 except (websocket.WebSocketException, OSError):
                     return  # closed: the next execute reports it
+
+    def _connect(self) -> websocket.WebSocket:
+        user = self.user
+        base = urlparse(user.base)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        url = f"{scheme}://{base.netloc}/user/{user.name}/api/kernels/{self.id}/channels"
+        cookies = "; ".join(f"{c.name}={c.value}" for c in user.session.cookies)
+        verify = user.session.verify
+        return websocket.create_connection(
+            url,
+            cookie=cookies,
+            header=[f"X-XSRFToken: {user.xsrf(f'/user/{user.name}/')}"],
+            origin=user.base,
+            timeout=300,
+            sslopt={"ca_certs": verify} if isinstance(verify, str) else None,
+        )
+
+    def reconnect(self) -> None:
+        """A new websocket to the same kernel, as JupyterLab opens when its connection
+        dropped (e.g. the proxy in between was restarted)."""
+        with self._using:
+            try:
+                self.ws.close()
+            except Exception:
+                pass  # already broken
+            self.ws = self._connect()
 
     def execute(self, code: str, timeout: float = 300) -> str:
         """Run ``code``; return its stdout (not stderr, where JVMs log) and the repr of its result.

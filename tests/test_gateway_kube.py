@@ -185,6 +185,41 @@ print(json.dumps({{"workers": len(client.scheduler_info()["workers"]),
     assert len(cluster_pods(kubectl, namespace)) == 3, "the retired worker's pod is deleted"
 
 
+def test_a_hub_restart_leaves_the_notebook_and_its_cluster_running(
+    hub, gateway, kubectl, alice, alices_cluster
+):
+    """As when the hub's pod is deleted and its Deployment makes a new one: the hub goes
+    (SIGTERM, as the kubelet stops a container) and comes back; the user's pods never notice."""
+    user, kernel = alice
+    namespace = kubectl.space_of("alice")
+    name = alices_cluster["name"]
+    pods = [p["metadata"]["name"] for p in kubectl.items("pods", namespace)]
+    notebook = [p for p in pods if p.startswith("jupyter-")]
+    assert notebook and f"dask-scheduler-{name}" in pods
+    pids = {pod: hub.cluster.kubelet.pod_pids(namespace, pod) for pod in pods}
+    assert all(pids.values())
+    kernel.execute("before_the_restart = 42")
+
+    hub.stop()
+    assert {pod: hub.cluster.kubelet.pod_pids(namespace, pod) for pod in pods} == pids
+    hub.start()
+
+    assert user.server_model()["servers"][""]["ready"]
+    kernel.reconnect()  # through the proxy the new hub started
+    out = kernel.execute(
+        f"""
+import json
+cluster = gateway.connect({name!r})
+client = cluster.get_client()
+print(json.dumps({{"kept": before_the_restart,
+    "total": sum(client.gather(client.map(lambda i: i * 2, range(20))))}}))
+""",
+        timeout=180,
+    )
+    assert json.loads(out.strip().splitlines()[-1]) == {"kept": 42, "total": 380}
+    assert {pod: hub.cluster.kubelet.pod_pids(namespace, pod) for pod in pods} == pids
+
+
 def test_stopping_the_server_stops_its_clusters(hub, gateway, kubectl, alice, alices_cluster):
     user, kernel = alice
     namespace = kubectl.space_of("alice")

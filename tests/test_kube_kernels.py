@@ -325,6 +325,18 @@ def test_a_kernel_maps_over_ipyparallel_engines_and_the_api_scales_them(
         second = last_json(kernel.execute(IPP_MAP.format(n=2), timeout=120))
         assert second["engines"] == 2
 
+        # The hub goes and comes back (as when its pod is deleted): the notebook and the
+        # engine pods run on untouched, and the same kernel maps over the same engines.
+        pods = [p["metadata"]["name"] for p in kubectl.items("pods", ns)]
+        pids = {pod: cluster.kubelet.pod_pids(ns, pod) for pod in pods}
+        hub.stop()
+        hub.start()
+        assert user.server_model()["servers"][""]["ready"]
+        kernel.reconnect()
+        again = last_json(kernel.execute(IPP_MAP.format(n=2), timeout=120))
+        assert again["engines"] == 2 and again["hosts"] == second["hosts"]
+        assert {pod: cluster.kubelet.pod_pids(ns, pod) for pod in pods} == pids
+
         # With the notebook's own token the kernel may scale its engines (the control), but
         # not rewrite them: no other image, user, mount or node for the engine pods.
         image = worker_image(kubectl, ns, "ipengine")
