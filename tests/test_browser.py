@@ -211,6 +211,11 @@ def run_the_page(platform, page) -> None:
     run_cell(page, MAP_CELL, 1)
     output = page.locator(".jp-OutputArea-output", has_text="HOSTS=")
     output.wait_for()
+    # JupyterLab has been up for a while: it never asked about Jupyter news.
+    assert page.get_by_text("official Jupyter news").count() == 0
+    assert page.evaluate(
+        "JSON.parse(document.getElementById('jupyter-config-data').textContent).news"
+    ) == {"disabled": True}
     line = output.inner_text().strip()
     kernel_hosts = json.loads(line.split("HOSTS=", 1)[1].split(" WORKERS=")[0])
     kernel_workers = int(line.split("WORKERS=", 1)[1])

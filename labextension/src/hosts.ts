@@ -12,6 +12,24 @@ export function hostColour(index: number): string {
   return `hsl(${hue}, 65%, 42%)`;
 }
 
+/**
+ * A task's duration for the recent-tasks table: to the millisecond, and in
+ * microseconds below one (a map of small tasks would otherwise read "0 ms"
+ * throughout).
+ */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) {
+    return '';
+  }
+  if (seconds >= 1) {
+    return `${seconds.toFixed(3)} s`;
+  }
+  if (seconds >= 0.001) {
+    return `${Math.round(seconds * 1000)} ms`;
+  }
+  return `${Math.round(seconds * 1e6)} µs`;
+}
+
 export interface IHostCount {
   hostname: string;
   tasks: number;

@@ -2,7 +2,7 @@ import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { HostTally } from './hosts';
+import { formatDuration, HostTally } from './hosts';
 import {
   ICluster,
   IClustersAnswer,
@@ -635,7 +635,7 @@ export class ClustersPanel extends Widget {
         }
         const seconds =
           record.started !== null && record.finished !== null
-            ? `${(record.finished - record.started).toFixed(3)} s`
+            ? formatDuration(record.finished - record.started)
             : '';
         rows.append(
           el(

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { HostTally, hostColour } from '../lib/hosts.js';
+import { HostTally, formatDuration, hostColour } from '../lib/hosts.js';
 import { nextDelay } from '../lib/poller.js';
 
 const record = (task, worker, hostname) => ({
@@ -71,4 +71,15 @@ test('polling backs off when quiet or failing, up to the cap, and speeds up on n
   }
   assert.deepEqual(seen, [2000, 4000, 8000, 10000, 10000, 10000]);
   assert.equal(nextDelay(delay, 'changed', backoff), 1000);
+});
+
+test('durations read to the millisecond, and in microseconds below one', () => {
+  assert.equal(formatDuration(2.5), '2.500 s');
+  assert.equal(formatDuration(1), '1.000 s');
+  assert.equal(formatDuration(0.1234), '123 ms');
+  assert.equal(formatDuration(0.001), '1 ms');
+  assert.equal(formatDuration(0.000042), '42 µs');
+  assert.equal(formatDuration(0), '0 µs');
+  assert.equal(formatDuration(-1), '');
+  assert.equal(formatDuration(Number.NaN), '');
 });
