@@ -249,8 +249,9 @@ class KubeSpaceBackend(DBBackendBase):
             )
         return name
 
-    async def space_limits(self, username: str) -> dict:
-        """The maxima of the profile the owner's running server was started with.
+    async def space_profile(self, username: str) -> tuple[dict, dict]:
+        """The maxima of the profile the owner's running server was started with, and the
+        worker sizes they chose on the spawn form.
 
         The hub is the record of which profile a server runs with (its ``user_options``);
         the profiles themselves are the platform's settings, shared with the hub.
@@ -264,7 +265,8 @@ class KubeSpaceBackend(DBBackendBase):
             )
         options = profile_rules.validate_options(self.profiles, server.get("user_options") or {})
         profile = profile_rules.find_profile(self.profiles, options.profile)
-        return {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
+        limits = {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
+        return limits, options.to_dict()
 
     async def hub_server(self, username: str) -> dict | None:
         """The hub's model of the user's default server; None if they have none (or no user)."""
@@ -283,7 +285,7 @@ class KubeSpaceBackend(DBBackendBase):
 
     async def get_cluster_options(self, user) -> Options:
         try:
-            return bounded_options(await self.space_limits(user.name))
+            return bounded_options(*await self.space_profile(user.name))
         except (NoActiveSpace, RuntimeError, profile_rules.OptionError) as exc:
             # 409 from GET /options; creating a cluster turns it into the base's 422.
             raise web.HTTPConflict(reason=str(exc)) from None

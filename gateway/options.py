@@ -53,9 +53,22 @@ def profile_limits(space: LocalSpace) -> dict:
     return state["limits"]
 
 
-def bounded_options(limits: dict) -> Options:
-    """The Options a user may set, bounded by their profile's ``limits`` (its maxima)."""
+def profile_choices(space: LocalSpace) -> dict:
+    """The worker sizes the user chose for their space (the spawn form), if recorded."""
+    return space.read_state().get("options") or {}
+
+
+def bounded_options(limits: dict, chosen: dict | None = None) -> Options:
+    """The Options a user may set, bounded by their profile's ``limits`` (its maxima).
+
+    Their defaults are the worker sizes the user ``chosen`` for their space: a cluster made
+    with no arguments has the workers they asked for on the spawn form."""
     max_workers = int(limits["workers"])
+    chosen = chosen or {}
+    max_cores = int(limits["worker_cores"])
+    max_memory = float(limits["worker_memory_gib"])
+    default_cores = min(max(_number(chosen.get("worker_cores"), 1), 1), max_cores)
+    default_memory = min(max(_number(chosen.get("worker_memory_gib"), 1.0), 0.5), max_memory)
 
     def handler(options):
         return {
@@ -68,16 +81,16 @@ def bounded_options(limits: dict) -> Options:
     return Options(
         BoundedInteger(
             "worker_cores",
-            default=1,
+            default=int(default_cores),
             min=1,
-            max=int(limits["worker_cores"]),
+            max=max_cores,
             label="Worker cores",
         ),
         BoundedFloat(
             "worker_memory",
-            default=1.0,
+            default=float(default_memory),
             min=0.5,
-            max=float(limits["worker_memory_gib"]),
+            max=max_memory,
             label="Worker memory (GiB)",
         ),
         handler=handler,
@@ -88,6 +101,14 @@ def make_cluster_options(space_for: Callable[[str], LocalSpace]) -> Callable:
     """A ``cluster_options`` callable for the gateway: per-user Options from their profile."""
 
     def cluster_options(user) -> Options:
-        return bounded_options(profile_limits(space_for(user.name)))
+        space = space_for(user.name)
+        return bounded_options(profile_limits(space), profile_choices(space))
 
     return cluster_options
+
+
+def _number(value, fallback):
+    """A recorded size as a number, or ``fallback`` (never a bool, never text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return fallback
+    return value

@@ -27,6 +27,7 @@ def configuration(space, request):
 
 
 def test_defaults_and_choices_within_the_profile(space):
+    # A space recorded without choices (an older server): one core, 1 GiB.
     assert configuration(space, {}) == {
         "worker_cores": 1,
         "worker_threads": 1,
@@ -71,3 +72,23 @@ def test_the_quiet_dask_settings_reach_dask_as_environment_variables():
     read = dask.config.collect_env(dask_environment(QUIET_DASK_CONFIG))
     for key, value in QUIET_DASK_CONFIG.items():
         assert dask.config.get(key, config=read) == value
+
+
+def test_the_sizes_chosen_on_the_spawn_form_are_the_clusters_defaults(space):
+    space.write_state(
+        options={"profile": "dask", "workers": 2, "worker_cores": 2, "worker_memory_gib": 3}
+    )
+    assert configuration(space, {}) == {
+        "worker_cores": 2,
+        "worker_threads": 2,
+        "worker_memory": 3 * GIB,
+        "cluster_max_workers": 8,
+    }
+    # Still only defaults: an explicit choice within the profile wins.
+    assert configuration(space, {"worker_cores": 1})["worker_cores"] == 1
+    # A recorded choice outside today's bounds (the profile shrank) is brought within them.
+    space.write_state(options={"worker_cores": 9, "worker_memory_gib": 0.1})
+    assert configuration(space, {})["worker_cores"] == 2
+    assert configuration(space, {})["worker_memory"] == int(0.5 * GIB)
+    space.write_state(options={"worker_cores": "2", "worker_memory_gib": True})
+    assert configuration(space, {})["worker_cores"] == 1, "only numbers are taken"
