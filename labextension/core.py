@@ -43,6 +43,7 @@ from .errors import (
 from .ipyparallel_records import IPyParallelRecords
 from .kube_engines import KubeSpace, kube_engine, kube_space_from_env
 from .spark_records import SparkRecords
+from .task_places import place_tasks, this_machine
 
 __all__ = [
     "ENGINES",
@@ -265,9 +266,11 @@ class Clusters:
 
         Returns ``{"records": [{engine, cluster, task, worker, hostname, started, finished,
         state}, ...], "counts": {hostname: tasks}, "workers": {worker: hostname},
-        "cursor": c}``; pass ``since=c`` next time for only the newer ones. Times are
-        seconds since the epoch. A record's ``hostname`` is None while its worker has not
-        told its hostname yet; ``workers`` then fills it in on a later poll.
+        "place": "host" | "worker", "cursor": c}``; pass ``since=c`` next time for only the
+        newer ones. Times are seconds since the epoch. A record's ``hostname`` is None while
+        its worker has not told its hostname yet; ``workers`` then fills it in on a later
+        poll. With ``place: "worker"`` the workers have no hostnames of their own (they share
+        this machine's) and ``hostname`` names the worker instead (see task_places).
         """
         self._check_target(engine, cluster)
         since_value = cursor(since)
@@ -277,6 +280,7 @@ class Clusters:
             answer = self._spark_records(since_value)
         else:
             answer = self._ipyparallel_records(since_value)
+        place_tasks(answer, this_machine())
         answer["counts"] = dict(
             Counter(r["hostname"] for r in answer["records"] if r["hostname"] is not None)
         )

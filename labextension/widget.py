@@ -14,6 +14,7 @@ changes or a call fails. ``close()`` stops it.
 from __future__ import annotations
 
 import html
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +49,17 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def format_duration(seconds: float) -> str:
+    """As the sidebar shows it: to the millisecond, in microseconds below one."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return ""
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 0.001:
+        return f"{round(seconds * 1000)} ms"
+    return f"{round(seconds * 1e6)} µs"
+
+
 class HostTally:
     """Tasks per hostname of one cluster, folded from successive task-record answers.
 
@@ -63,11 +75,16 @@ class HostTally:
         self.workers: dict[str, str] = {}
         self.recent: list[dict[str, Any]] = []
         self.task_workers: set[str] = set()
+        # "host", or "worker" when the workers have no hostnames of their own.
+        self.place = "host"
         self._colours: dict[str, int] = {}
 
     def add(self, answer: dict[str, Any]) -> bool:
         """Fold in one answer of ``task_records``; True when it brought anything new."""
         changed = bool(answer["records"])
+        if answer.get("place", self.place) != self.place:
+            self.place = answer["place"]
+            changed = True
         for worker, hostname in (answer.get("workers") or {}).items():
             if self.workers.get(worker) != hostname:
                 self.workers[worker] = hostname
@@ -105,12 +122,16 @@ class HostTally:
         """The hostnames view: a coloured bar per host, then the most recent tasks."""
         counts = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
         total = self.total()
-        parts = [f"<h4 style='margin:4px 0'>Hostnames of {html.escape(title)}</h4>"]
+        by_worker = self.place == "worker"
+        heading = "Workers" if by_worker else "Hostnames"
+        parts = [f"<h4 style='margin:4px 0'>{heading} of {html.escape(title)}</h4>"]
         if total == 0:
             parts.append("<p>No tasks yet: run a computation on this cluster.</p>")
         else:
-            summary = f"{plural(total, 'task')} on {plural(len(counts), 'host')}"
-            if self.task_workers:
+            summary = f"{plural(total, 'task')} on {plural(len(counts), self.place)}"
+            if by_worker:
+                summary += " (they share this machine's hostname)"
+            elif self.task_workers:
                 summary += f", run by {plural(len(self.task_workers), 'worker')}"
             if self.missed:
                 summary += f", {self.missed} older not shown"
@@ -138,16 +159,18 @@ class HostTally:
                 colour = self.colour(hostname) if hostname else "#888"
                 seconds = ""
                 if record["started"] is not None and record["finished"] is not None:
-                    seconds = f"{record['finished'] - record['started']:.3f} s"
+                    seconds = format_duration(record["finished"] - record["started"])
                 rows.append(
-                    f"<tr><td style='max-width:22em;overflow:hidden;text-overflow:ellipsis;"
+                    f"<tr><td title='{html.escape(str(record['task']))}' "
+                    "style='max-width:22em;overflow:hidden;text-overflow:ellipsis;"
                     "white-space:nowrap'>"
                     f"<code>{html.escape(str(record['task']))}</code></td>"
                     f"<td><span style='color:white;background:{colour};padding:0 4px'>"
                     f"{html.escape(hostname or '…')}</span></td><td>{seconds}</td></tr>"
                 )
             parts.append(
-                "<table style='font-size:smaller'><tr><th>task</th><th>host</th><th>time</th>"
+                "<table style='font-size:smaller'><tr><th>task</th>"
+                f"<th>{self.place}</th><th>time</th>"
                 f"</tr>{''.join(rows)}</table>"
             )
         return "".join(parts)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -309,7 +308,12 @@ def test_describe_scale_and_stop_through_the_scale_subresource(
         return records if named >= 20 else None
 
     records = wait_for(all_named, 30, "20 task records with hostnames", interval=0.5)
-    expected = set(engines) if cluster.kubelet.uts else {socket.gethostname()}
+    if cluster.kubelet.uts:
+        expected = set(engines)
+        assert records["place"] == "host"
+    else:  # the engine pods share this machine's hostname: named by engine instead
+        expected = {f"engine {i}" for i in range(2)}
+        assert records["place"] == "worker"
     assert set(records["counts"]) <= expected and set(records["workers"].values()) <= expected
 
     clusters.stop("ipyparallel", "default")

@@ -1,4 +1,4 @@
-import { ITaskRecord, ITasksAnswer } from './model';
+import { ITaskRecord, ITasksAnswer, Place } from './model';
 
 /** How many recent tasks the view lists. */
 export const RECENT_LIMIT = 20;
@@ -49,10 +49,16 @@ export class HostTally {
   cursor: number | undefined = undefined;
   /** Records the server could no longer return (its buffer wrapped). */
   missed = 0;
+  /** What the bars stand for: hosts, or workers when they have no host of their own. */
+  place: Place = 'host';
 
   /** Fold in one answer; returns true when it brought anything new. */
   add(answer: ITasksAnswer): boolean {
     let changed = answer.records.length > 0;
+    if (answer.place && answer.place !== this.place) {
+      this.place = answer.place;
+      changed = true;
+    }
     for (const [worker, hostname] of Object.entries(answer.workers ?? {})) {
       if (this._workers.get(worker) !== hostname) {
         this._workers.set(worker, hostname);

@@ -30,6 +30,8 @@ export interface IClustersAnswer {
   limits: ILimits;
 }
 
+export type Place = 'host' | 'worker';
+
 export interface ITaskRecord {
   engine: Engine;
   cluster: string;
@@ -45,6 +47,11 @@ export interface ITasksAnswer {
   records: ITaskRecord[];
   counts: Record<string, number>;
   workers: Record<string, string>;
+  /**
+   * What `hostname` names: the task's host, or (workers sharing this machine's
+   * hostname, no host of their own) its worker.
+   */
+  place?: Place;
   cursor: number;
   missed?: number;
 }

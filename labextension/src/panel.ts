@@ -577,7 +577,8 @@ export class ClustersPanel extends Widget {
     const tally = this._tally;
     const counts = tally.counts();
     const total = tally.total();
-    section.append(el('h3', {}, `Hostnames of ${this._selected}`));
+    const byWorker = tally.place === 'worker';
+    section.append(el('h3', {}, `${byWorker ? 'Workers' : 'Hostnames'} of ${this._selected}`));
     if (this._tasksError) {
       section.append(el('div', { class: 'jp-ClusterHub-error', role: 'alert' }, this._tasksError));
     }
@@ -588,8 +589,9 @@ export class ClustersPanel extends Widget {
         { class: 'jp-ClusterHub-summary' },
         total === 0
           ? 'No tasks yet: run a computation on this cluster.'
-          : `${plural(total, 'task')} on ${plural(counts.length, 'host')}` +
-              (workers ? `, run by ${plural(workers, 'worker')}` : '') +
+          : `${plural(total, 'task')} on ${plural(counts.length, tally.place)}` +
+              (workers && !byWorker ? `, run by ${plural(workers, 'worker')}` : '') +
+              (byWorker ? ' (they share this machine’s hostname)' : '') +
               (tally.missed ? `, ${tally.missed} older not shown` : '')
       )
     );
@@ -655,7 +657,7 @@ export class ClustersPanel extends Widget {
           el(
             'thead',
             {},
-            el('tr', {}, el('th', {}, 'task'), el('th', {}, 'host'), el('th', {}, 'time'))
+            el('tr', {}, el('th', {}, 'task'), el('th', {}, tally.place), el('th', {}, 'time'))
           ),
           rows
         )

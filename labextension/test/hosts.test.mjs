@@ -83,3 +83,26 @@ test('durations read to the millisecond, and in microseconds below one', () => {
   assert.equal(formatDuration(-1), '');
   assert.equal(formatDuration(Number.NaN), '');
 });
+
+test('the place comes from the answers: workers when they share the machine', () => {
+  const tally = new HostTally();
+  assert.equal(tally.place, 'host');
+  tally.add({ records: [record('a', 'w1', null)], counts: {}, workers: {}, cursor: 1 });
+  assert.equal(tally.place, 'host');
+  const changed = tally.add({
+    records: [record('b', 'w1', 'w1'), record('c', 'w2', 'w2')],
+    counts: {},
+    workers: { w1: 'w1', w2: 'w2' },
+    place: 'worker',
+    cursor: 3
+  });
+  assert.equal(changed, true);
+  assert.equal(tally.place, 'worker');
+  assert.deepEqual(
+    tally.counts().map(c => [c.hostname, c.tasks]),
+    [
+      ['w1', 2],
+      ['w2', 1]
+    ]
+  );
+});
