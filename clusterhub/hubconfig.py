@@ -81,8 +81,6 @@ def _configure_common(c, settings: PlatformSettings) -> None:
 
     c.JupyterHub.concurrent_spawn_limit = settings.concurrent_spawn_limit
     c.Spawner.default_url = "/lab"
-    # A clean workshop screen: JupyterLab does not ask each attendee about Jupyter news.
-    c.Spawner.args = ["--LabApp.news_url=None"]
     # Locally a start first waits for its turn (clusterhub.admission): a room arriving at
     # once may queue for many minutes, and LocalSpaceSpawner.launch_timeout bounds the start
     # itself once its turn has come.
