@@ -99,6 +99,26 @@ def shared_state() -> set[str]:
     return found
 
 
+def reap_exited_orphans(keep: int) -> None:
+    """Wait for the orphans that exited, as init does at once: until then each is a zombie
+    that still holds its pid, and a program that checks whether that pid is alive (as
+    JupyterHub does with its proxy's pid file) takes it for running. Never ``keep`` (the
+    command: its exit status is Popen's)."""
+    for pid in _children(os.getpid()):
+        if pid == keep:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 def reap_zombies() -> None:
     while True:
         try:
@@ -120,7 +140,10 @@ def main(argv: list[str]) -> int:
     command = subprocess.Popen(argv)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _f: command.send_signal(s))
-    code = command.wait()
+    while command.poll() is None:
+        reap_exited_orphans(keep=command.pid)
+        time.sleep(0.5)
+    code = command.returncode
     deadline = time.monotonic() + SETTLE_SECONDS
     left: list[int] = []
     while time.monotonic() < deadline:

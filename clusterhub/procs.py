@@ -205,3 +205,14 @@ def process_start_time(pid: int) -> float | None:
         return psutil.Process(pid).create_time()
     except psutil.Error:
         return None
+
+
+def process_exited(pid: int) -> bool:
+    """Whether ``pid`` is gone or a zombie: exited, though not yet waited for (its pid
+    still answers a signal 0)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False

@@ -14,9 +14,13 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 
 SETTINGS_ENV = "CLUSTERHUB_SETTINGS"
-# Only `clusterhub up` (local mode) writes these: the chart has no attendee accounts.
+# Only `clusterhub up` (local mode) writes these: the chart has no attendee accounts, its
+# TLS is the Ingress's or the proxy's, and its gateway is a pod of its own.
 LOCAL_ONLY_FIELDS = frozenset(
     {
+        "tls_cert",
+        "tls_key",
+        "gateway_api_token",
         "user_accounts",
         "account_prefix",
         "account_uid_min",

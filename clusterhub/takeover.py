@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 import psutil
 
@@ -78,15 +79,17 @@ def platform_role(cmdline: list[str]) -> str | None:
     return None
 
 
-def leftovers(data_dir: str) -> list[psutil.Process]:
-    """The platform's own processes still running for ``data_dir``."""
+def leftovers(data_dir: str, roles: set[str] | None = None) -> list[psutil.Process]:
+    """The platform's own processes still running for ``data_dir`` (of ``roles`` only,
+    if given)."""
     found = []
     for proc in procs.find_marked(procs.PLATFORM_MARKER, data_dir):
         try:
-            if platform_role(proc.cmdline()):
-                found.append(proc)
+            role = platform_role(proc.cmdline())
         except psutil.Error:
             continue
+        if role and (roles is None or role in roles):
+            found.append(proc)
     return found
 
 
@@ -101,11 +104,28 @@ def listening_ports(processes: list[psutil.Process]) -> set[int]:
     return ports
 
 
-def stop(processes: list[psutil.Process], timeout: float = 10) -> None:
-    """SIGKILL, as a crash would: a hub asked to stop would stop every attendee's server."""
+def stop(processes: list[psutil.Process], data_dir: str, timeout: float = 10) -> None:
+    """SIGKILL, as a crash would (a hub asked to stop would stop every attendee's server);
+    then forget the proxy's pid file.
+
+    The new hub would otherwise find the old proxy's pid there and, if that process is
+    not reaped yet (a zombie until whoever inherited it waits for it: init at once, a
+    container's first process perhaps never), give up with "Failed to stop proxy"."""
     for proc in processes:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(processes, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        while time.monotonic() < deadline:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    break  # dead, its sockets closed; only its exit status is left
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.05)
+    try:
+        os.unlink(os.path.join(data_dir, "hub", "proxy.pid"))
+    except FileNotFoundError:
+        pass

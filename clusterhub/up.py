@@ -383,14 +383,12 @@ class Platform:
         )
 
     def _clear_dead_hub(self) -> None:
-        """What a hub that died leaves and its successor would duplicate: its idle culler
-        (the proxy it started is replaced by the new hub itself, from its pid file)."""
-        for proc in procs.find_marked(procs.PLATFORM_MARKER, self.settings.data_dir):
-            try:
-                if "jupyterhub_idle_culler" in proc.cmdline():
-                    proc.kill()
-            except psutil.Error:
-                pass
+        """What a hub that died leaves and its successor would trip over: its proxy and its
+        idle culler."""
+        takeover.stop(
+            takeover.leftovers(self.settings.data_dir, roles={"proxy", "culler"}),
+            self.settings.data_dir,
+        )
 
     def wait_ready(self, stopping) -> None:
         s = self.settings
@@ -506,6 +504,18 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         chosen_range()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # The public port may be held by the proxy a previous `up` left running: taken over
+    # (stopped) below, once this data dir's lock says no other `up` runs on it.
+    left = takeover.leftovers(
+        os.path.abspath(os.path.expanduser(args.data_dir or default_data_dir()))
+    )
+    if not port_is_free(ip, args.port) and args.port not in takeover.listening_ports(left):
+        where = ip or "all interfaces"
+        raise UsageError(
+            f"port {args.port} on {where} is in use: stop what uses it, or choose another "
+            "with --port"
+        )
+    reserve(args.port)  # free now, the proxy's later: never one of the ports chosen below
     user_accounts = os.geteuid() == 0 and not getattr(args, "single_account", False)
     if user_accounts:
         check_shared_install()
@@ -519,15 +529,6 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
             "or choose another data dir"
         ) from None
     _LOCKS.append(lock)
-    left = takeover.leftovers(data_dir)
-    # The public port may be held by the proxy a previous `up` left: it is stopped below.
-    if not port_is_free(ip, args.port) and args.port not in takeover.listening_ports(left):
-        where = ip or "all interfaces"
-        raise UsageError(
-            f"port {args.port} on {where} is in use: stop what uses it, or choose another "
-            "with --port"
-        )
-    reserve(args.port)  # free now, the proxy's later: never one of the ports chosen below
     found, generated = load_secrets(data_dir, args.workshop_code)
     expect = getattr(args, "expect", 0)
     warm = WARM_PER_CLUSTER
@@ -538,7 +539,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
             f"clusterhub: a previous clusterhub up for {data_dir} stopped without stopping "
             f"its hub; taking over (attendees' servers, kernels and clusters are kept)"
         )
-        takeover.stop(left)
+        takeover.stop(left, data_dir)
     ports = _internal_ports(data_dir)
     settings = PlatformSettings(
         data_dir=data_dir,

@@ -50,7 +50,7 @@ from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.owner_tasks import run_as_owner_async
 from clusterhub.ports import accepts
-from clusterhub.procs import process_start_time
+from clusterhub.procs import process_exited, process_start_time
 from clusterhub.space import LocalSpace
 
 from .options import SpaceSpawnerMixin
@@ -460,6 +460,11 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                     self.user.name,
                     self.pid,
                 )
+                self.clear_state()
+                return 0
+            if started is not None and process_exited(self.pid):
+                # Its parent (the hub before the restart) is gone, and whoever inherited it
+                # has not waited for it yet: it exited, though its pid still answers.
                 self.clear_state()
                 return 0
         return await super().poll()

@@ -161,3 +161,20 @@ def test_a_second_up_on_one_data_dir_is_refused_with_the_first_ones_pid(tmp_path
     again.acquire()  # free once its holder is gone
     again.release()
     assert InUse(None).pid is None
+
+
+def test_after_a_hub_restart_a_server_that_exited_unwaited_for_is_recorded_as_stopped(tmp_path):
+    from clusterhub.spawner.local import LocalSpaceSpawner
+
+    # A child of this test that exits and is not waited for: a zombie, as a server is
+    # when the hub that started it died and its new parent has not reaped it yet.
+    exited = subprocess.Popen(["true"])
+    while open(f"/proc/{exited.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        pass
+    try:
+        spawner = LocalSpaceSpawner(user=SimpleNamespace(name="alice"), data_dir=str(tmp_path))
+        spawner.load_state({"pid": exited.pid, "pid_started": process_start_time(exited.pid)})
+        assert asyncio.run(spawner.poll()) == 0
+        assert spawner.pid == 0
+    finally:
+        exited.wait()
