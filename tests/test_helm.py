@@ -11,9 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
-import datetime
 import importlib.util
-import ipaddress
 import json
 import re
 import socket
@@ -27,10 +25,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed_certificate
 from helmtools import find_helm, helm_env
 
 from clusterhub.gateway.kubeobjects import GATEWAY_CLUSTER_RULES, GATEWAY_SPACE_RULES
@@ -438,38 +433,6 @@ def test_user_given_secrets_are_used(helm, values_dir):
 # ------------------------------------------------------------------------------------------
 
 
-def _self_signed_cert(directory: Path) -> tuple[Path, Path, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
-    cert_file.write_bytes(pem)
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file, pem
-
-
 class _TlsFront:
     """TLS in front of the (plain HTTP) Kubernetes emulator: Go's client sends no bearer
     token over plain HTTP, so helm's ``lookup`` needs HTTPS. Pipes bytes both ways."""
@@ -538,7 +501,7 @@ def kube_https(tmp_path):
     from tests.kube.emulator import KubeEmulator
 
     emulator = KubeEmulator(tmp_path / "apiserver").start()
-    cert_file, key_file, pem = _self_signed_cert(tmp_path)
+    cert_file, key_file, pem = self_signed_certificate(tmp_path)
     front = _TlsFront(int(emulator.url.rsplit(":", 1)[1]), cert_file, key_file)
     server = f"https://127.0.0.1:{front.port}"
     kubeconfig = tmp_path / "kubeconfig"

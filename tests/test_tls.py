@@ -4,17 +4,12 @@ warning for clear text off loopback, and the headers of the hub's and JupyterLab
 from __future__ import annotations
 
 import datetime
-import ipaddress
-import os
 import socket
 import ssl
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import self_signed_certificate
 from test_up_cli import error_line, run_up
 
 from clusterhub.up import cleartext_warning
@@ -22,37 +17,10 @@ from clusterhub.up import cleartext_warning
 
 def make_certificate(directory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clusterhub test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    cert, key, _ = self_signed_certificate(
+        directory, stem="hub", valid_for=datetime.timedelta(days=1)
     )
-    cert_path = os.path.join(directory, "hub.crt")
-    key_path = os.path.join(directory, "hub.key")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return cert_path, key_path
+    return str(cert), str(key)
 
 
 def test_bad_tls_flags_are_refused_and_start_nothing(tmp_path):
