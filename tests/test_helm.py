@@ -86,7 +86,7 @@ KUBERNETES_KEYS = {
     "user_tolerations",
     "space_roles",
 }
-CASES = ["default", "workshop-150", "enterprise", "engines"]
+CASES = ["default", "workshop-150", "enterprise", "engines", "https-secret"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -705,6 +705,26 @@ def test_proxy_pod_and_services(rendered):
     nodeport = _one(rendered("engines"), "Service", "proxy-public")
     assert nodeport["spec"]["type"] == "NodePort"
     assert nodeport["spec"]["ports"][0]["nodePort"] == 30080
+    assert "volumes" not in proxy["spec"]["template"]["spec"], "no TLS Secret by default"
+    assert not [arg for arg in container["command"] if arg.startswith("--ssl-")]
+
+
+def test_the_proxy_serves_https_from_a_tls_secret(rendered):
+    objects = rendered("https-secret")
+    proxy = _by_component(objects, "Deployment", "proxy")
+    container = _container(proxy, "proxy")
+    assert "--ssl-cert=/etc/clusterhub/tls/tls.crt" in container["command"]
+    assert "--ssl-key=/etc/clusterhub/tls/tls.key" in container["command"]
+    assert container["volumeMounts"] == [
+        {"name": "tls", "mountPath": "/etc/clusterhub/tls", "readOnly": True}
+    ]
+    assert proxy["spec"]["template"]["spec"]["volumes"] == [
+        {"name": "tls", "secret": {"secretName": "workshop-tls", "defaultMode": 0o444}}
+    ]
+    public = _one(objects, "Service", "proxy-public")
+    assert public["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "http", "protocol": "TCP"}
+    ]
 
 
 def test_gateway_pod_rbac_and_service(rendered):
@@ -1019,6 +1039,29 @@ def _profile(**changes):
 
 
 BAD_VALUES = {
+    "https-without-secret": (
+        {"proxy": {"https": {"enabled": True}}},
+        "proxy.https.enabled needs proxy.https.secretName",
+    ),
+    "https-and-ingress": (
+        {
+            "proxy": {"https": {"enabled": True, "secretName": "tls"}},
+            "ingress": {"enabled": True, "hosts": ["hub.example.org"]},
+        },
+        "proxy.https.enabled and ingress.enabled: choose one",
+    ),
+    "https-secret-not-a-name": (
+        {"proxy": {"https": {"enabled": True, "secretName": "Not A Name"}}},
+        "/proxy/https/secretName",
+    ),
+    "https-port-out-of-range": (
+        {"proxy": {"https": {"enabled": True, "secretName": "tls", "port": 70000}}},
+        "/proxy/https/port",
+    ),
+    "https-unknown-key": (
+        {"proxy": {"https": {"enabled": True, "secretName": "tls", "certificate": "x"}}},
+        "'certificate' not allowed",
+    ),
     "workshop-code-missing": ({"hub": {"workshopCode": ""}}, "hub.workshopCode is required"),
     "workshop-code-short": ({"hub": {"workshopCode": "short"}}, "hub.workshopCode"),
     "workshop-code-long": ({"hub": {"workshopCode": "x" * 129}}, "/hub/workshopCode"),

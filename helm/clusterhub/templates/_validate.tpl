@@ -115,6 +115,16 @@ Included once, from hub-secret.yaml (always rendered).
 {{- fail (printf "culler.every (%d s) exceeds culler.timeout (%d s): servers would outlive the timeout by more than the timeout itself" (int $v.culler.every) (int $v.culler.timeout)) -}}
 {{- end -}}
 
+{{- /* proxy: HTTPS from a Secret */ -}}
+{{- if $v.proxy.https.enabled -}}
+{{- if not $v.proxy.https.secretName -}}
+{{- fail "proxy.https.enabled needs proxy.https.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key) in the release's namespace" -}}
+{{- end -}}
+{{- if $v.ingress.enabled -}}
+{{- fail "proxy.https.enabled and ingress.enabled: choose one (with an Ingress, its TLS comes from ingress.tls)" -}}
+{{- end -}}
+{{- end -}}
+
 {{- /* ingress */ -}}
 {{- if $v.ingress.enabled -}}
 {{- if not $v.ingress.hosts -}}
