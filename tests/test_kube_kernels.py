@@ -285,8 +285,13 @@ def test_a_kernel_runs_spark_on_its_space_and_the_api_scales_the_workers(
             records = wait_for(both_executors, 90, "task records from both executors")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the last answer: {last}") from None
-        # The driver's REST API names each task's host: the address its worker advertises.
-        assert {r["hostname"] for r in records["records"]} == {"127.0.0.1"}
+        # The driver's REST API names each task's host by the address its worker advertises:
+        # 127.0.0.1 for both worker pods here, this machine. So the view places each task on
+        # its executor instead: two of them, never one bar.
+        assert records["place"] == "worker"
+        executors = {r["hostname"] for r in records["records"]}
+        assert len(executors) == 2 and all(e.startswith("executor ") for e in executors)
+        assert executors == set(records["workers"].values())
         assert sum(records["counts"].values()) == len(records["records"]) >= 12
     finally:
         kernel.close()
