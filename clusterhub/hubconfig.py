@@ -152,17 +152,17 @@ def _configure_local(c, settings: PlatformSettings) -> None:
         return
     # The hub on its own (e.g. the hub image with a local-mode settings file): it starts the
     # gateway as a managed service.
-    gateway_config = os.path.join(os.path.dirname(gateway.__file__), "dask_gateway_config.py")
     c.JupyterHub.services.append(
         {
             "name": GATEWAY_SERVICE,
             "url": f"http://127.0.0.1:{settings.gateway_http_port}",
-            "command": [_bin("dask-gateway-server"), "-f", gateway_config],
+            "command": gateway.server_command(),
             "cwd": settings.path("gateway"),
             "environment": {
                 SETTINGS_ENV: os.environ.get(SETTINGS_ENV, settings.path("run", "settings.json")),
                 "PATH": os.environ.get("PATH", ""),
                 PLATFORM_MARKER: os.path.abspath(settings.data_dir),
+                # Schedulers and workers take turns with every other start (see up.py).
                 admission.SOCKET_ENV: os.environ.get(admission.SOCKET_ENV, ""),
             },
             "display": False,

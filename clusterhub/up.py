@@ -362,9 +362,6 @@ class Platform:
         """The Dask Gateway, a hub service by URL and token but this process's child: a
         restart of the hub leaves it, and the clusters it tracks, alone."""
         s = self.settings
-        gateway_config = os.path.join(
-            os.path.dirname(os.path.abspath(gateway.__file__)), "dask_gateway_config.py"
-        )
         # As clean as JupyterHub gives a managed service: what its processes inherit is
         # chosen (LocalSpaceBackend.inherited_environment), not whatever `up` had.
         env = {k: os.environ[k] for k in GATEWAY_INHERITED_ENV if k in os.environ}
@@ -372,11 +369,7 @@ class Platform:
         env["JUPYTERHUB_API_TOKEN"] = s.gateway_api_token
         env["JUPYTERHUB_API_URL"] = f"http://127.0.0.1:{s.hub_port}/hub/api"
         return _popen_logged(
-            [
-                os.path.join(os.path.dirname(sys.executable), "dask-gateway-server"),
-                "-f",
-                gateway_config,
-            ],
+            gateway.server_command(),
             cwd=s.path("gateway"),
             env=env,
             log_path=self.gateway_log_path,
