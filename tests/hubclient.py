@@ -399,6 +399,17 @@ class BrowserUser:
         return Kernel(self, response.json()["id"])
 
 
+def started_user(platform: RunningPlatform, name: str, timeout: float = 120, **form) -> BrowserUser:
+    """``name`` logged in through the form, with a server spawned from ``form`` (the spawn
+    form's fields) and ready."""
+    user = BrowserUser(platform, name)
+    user.login().raise_for_status()
+    response = user.spawn(**form)
+    assert response.status_code == 302, response.text[:2000]
+    user.wait_ready(timeout=timeout)
+    return user
+
+
 class KernelError(RuntimeError):
     pass
 

@@ -18,9 +18,10 @@ from hubclient import (
     marked_processes,
     running_platform,
     space_processes,
+    started_user,
 )
 
-from clusterhub.procs import process_exited
+from clusterhub.procs import process_exited, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,29 +38,20 @@ def hub_answers(platform) -> bool:
         return False
 
 
-def started(platform, name: str, **options) -> BrowserUser:
-    user = BrowserUser(platform, name)
-    user.login().raise_for_status()
-    assert user.spawn(**{"profile": "dask", **options}).status_code == 302
-    user.wait_ready(timeout=240)
-    return user
+def started(platform, name: str, **form) -> BrowserUser:
+    return started_user(platform, name, timeout=240, **{"profile": "dask", **form})
 
 
 def engine_pids(platform, name: str) -> set[int]:
     return {p.pid for p in ipp_engines(platform, name)}
 
 
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.5)
-
-
 def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
     with running_platform(str(tmp_path)) as platform:
         alice = started(platform, "alice", profile="dask-ipyparallel", workers=2)
-        wait_for(lambda: len(engine_pids(platform, "alice")) == 2, 180, "alice's engines")
+        assert wait_until(lambda: len(engine_pids(platform, "alice")) == 2, 180, 0.5), (
+            "alice's engines"
+        )
         engines = engine_pids(platform, "alice")
         started(platform, "carol")
         carol_server = platform.admin_api("GET", "/users/carol").json()["servers"][""]["state"]
@@ -109,12 +101,12 @@ def test_a_killed_hub_comes_back_and_every_session_goes_on(tmp_path):
         assert engine_pids(platform, "alice") == engines, "her engines ran on, untouched"
 
         # carol's server is recorded as stopped, and her space cleaned up as on a stop.
-        wait_for(
-            lambda: not platform.admin_api("GET", "/users/carol").json()["servers"],
-            60,
-            "carol's dead server recorded as stopped",
+        assert wait_until(
+            lambda: not platform.admin_api("GET", "/users/carol").json()["servers"], 60, 0.5
+        ), "carol's dead server recorded as stopped"
+        assert wait_until(lambda: not space_processes(platform, "carol"), 60, 0.5), (
+            "carol's space stopped"
         )
-        wait_for(lambda: not space_processes(platform, "carol"), 60, "carol's space stopped")
 
         # A newcomer gets a server from the restarted hub.
         bob = started(platform, "bob")

@@ -23,6 +23,7 @@ from hubclient import (
     running_platform,
     space_dir,
     space_processes,
+    started_user,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -38,15 +39,6 @@ def is_loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     mapped = getattr(ip, "ipv4_mapped", None)  # Java listens on ::ffff:127.0.0.1
     return (mapped or ip).is_loopback
-
-
-def started_user(platform, name, **options) -> BrowserUser:
-    user = BrowserUser(platform, name)
-    user.login().raise_for_status()
-    response = user.spawn(**options)
-    assert response.status_code == 302, response.text[:2000]
-    user.wait_ready()
-    return user
 
 
 def test_every_process_of_the_platform_carries_its_marker(platform):

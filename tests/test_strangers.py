@@ -19,7 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 import pytest
 import requests
-from hubclient import BrowserUser, ipp_engines, marked_processes, running_platform, space_dir
+from hubclient import (
+    BrowserUser,
+    ipp_engines,
+    marked_processes,
+    running_platform,
+    space_dir,
+    started_user,
+)
 
 from clusterhub import kernel_sockets
 from clusterhub.fences import Fence, cgroup_version, platform_id
@@ -81,12 +88,7 @@ def platform(tmp_path_factory):
 
 
 def started(platform, name: str, profile: str = "all") -> BrowserUser:
-    user = BrowserUser(platform, name)
-    user.login().raise_for_status()
-    response = user.spawn(profile=profile)
-    assert response.status_code == 302, response.text[:2000]
-    user.wait_ready(timeout=240)
-    return user
+    return started_user(platform, name, timeout=240, profile=profile)
 
 
 @pytest.fixture(scope="module")
