@@ -9,6 +9,7 @@ keeps the pod waiting on its mount.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -327,3 +328,50 @@ async def test_a_claim_that_does_not_exist_keeps_the_pod_waiting_on_its_mount(ap
     assert message == (
         'MountVolume.SetUp failed for volume "d" : persistentvolumeclaim "missing" not found'
     )
+
+
+# Leaves a POSIX semaphore in /dev/shm, as a Python process killed before its multiprocessing
+# resource tracker could unlink one does, and reports what it sees there.
+SHM_PROBE = """
+import _multiprocessing, json, os, sys
+if sys.argv[1] == "leave":
+    _multiprocessing.SemLock(1, 1, 1, "/clusterhub-left-" + sys.argv[2], False)
+print("RESULT " + json.dumps(sorted(os.listdir("/dev/shm"))))
+"""
+
+
+@NEEDS_ROOT
+@pytest.mark.asyncio
+@kube_options(image_users={"notebook:test": "1000:1000"})
+async def test_each_pod_has_a_dev_shm_of_its_own_that_goes_with_it(kube_api, api: Api) -> None:
+    token = os.urandom(4).hex()
+    left = f"sem.clusterhub-left-{token}"
+    await api.create("/api/v1/namespaces", {"metadata": {"name": "shm"}})
+
+    def shm_pod(name: str, action: str) -> dict[str, Any]:
+        command = [sys.executable, "-c", SHM_PROBE, action, token]
+        return {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "notebook:test", "command": command}],
+            },
+        }
+
+    await api.create("/api/v1/namespaces/shm/pods", shm_pod("leaver", "leave"))
+    assert await api.result("shm", "leaver") == [left], "the pod sees what it left"
+    on_machine = await asyncio.to_thread(os.listdir, "/dev/shm")
+    assert left not in on_machine, "the machine's /dev/shm is not the pod's"
+    await api.create("/api/v1/namespaces/shm/pods", shm_pod("neighbour", "look"))
+    assert await api.result("shm", "neighbour") == [], "another pod's /dev/shm starts empty"
+
+    pod_dirs = kube_api.kubelet.workdir / "pods"
+    (leaver_dir,) = pod_dirs.glob("shm_leaver_*")
+    assert (leaver_dir / "shm" / left).exists()
+    status, answer = await api.request("DELETE", "/api/v1/namespaces/shm/pods/leaver")
+    assert status == 200, answer
+
+    async def gone() -> bool:
+        return not leaver_dir.exists()
+
+    await wait_for(gone, 15, "the deleted pod's directory, its /dev/shm with it, to go")

@@ -50,7 +50,9 @@ as a real process, then reports status through ``pods/<name>/status``.
   refreshed while it runs. A ``persistentVolumeClaim`` of an existing claim is a disk of
   its own (a directory per claim), empty and owned by root with mode 0755 the first time, as
   a freshly formatted cloud disk; it outlives its pods. Other volume kinds (projected,
-  downward API) are not mounted: their mountPath shows the machine's filesystem.
+  downward API) are not mounted: their mountPath shows the machine's filesystem. Each pod
+  has its own ``/dev/shm`` (a per-pod directory, removed with the pod), unless ``hostIPC``
+  or a volume is mounted there.
 * Users (``podsecurity.py``): each container runs as its ``runAsUser``/``runAsGroup``
   (container over pod over the image's USER from ``image_users``; unmapped images run as
   root) with ``fsGroup`` and ``supplementalGroups`` as supplementary groups, through
@@ -334,6 +336,7 @@ class _PodWorker:
         self.dir = kubelet.workdir / "pods" / f"{self.ns}_{self.name}_{self.uid[:8]}"
         self.work = self.dir / "work"
         self.hosts_path = self.dir / "hosts"
+        self.shm = self.dir / "shm"
         self.volumes_dir = self.dir / "volumes"
         spec = pod["spec"]
         self.init_containers = [
@@ -379,7 +382,8 @@ class _PodWorker:
                 (self.work / "tmp").mkdir(parents=True, exist_ok=True)
                 # HOME and TMPDIR of every container, whichever user each runs as (the
                 # image's home and /tmp, in a real runtime).
-                for place in (self.work, self.work / "tmp"):
+                self.shm.mkdir(exist_ok=True)
+                for place in (self.work, self.work / "tmp", self.shm):
                     place.chmod(0o1777)
                 supervisor = asyncio.get_running_loop().create_task(self._supervise())
             while not self._terminating():
@@ -884,6 +888,10 @@ class _PodWorker:
             parent, rest = SERVICE_ACCOUNT_DIR.split("/secrets/", 1)
             target = os.path.join(os.path.realpath(parent), "secrets", rest)
             binds.append((account, target, True))
+        if not self.pod["spec"].get("hostIPC") and "/dev/shm" not in {t for _, t, _ in binds}:
+            # The pod's own /dev/shm, as a runtime gives each pod sandbox: what its processes
+            # leave there (a SIGKILLed process's POSIX semaphores) goes with the pod.
+            binds.append((self.shm, "/dev/shm", False))
         binds.sort(key=lambda b: b[1].count("/"))  # parents before children
         if self.k.dns_active and not self.pod["spec"].get("hostNetwork"):
             binds.append((self.hosts_path, "/etc/hosts", False))  # last: above any overlay
