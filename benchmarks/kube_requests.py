@@ -23,7 +23,8 @@ import urllib.request
 from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+# As pytest's pythonpath (pyproject.toml): the root for tests.kube, tests/ for its helpers.
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 
 def free_port() -> int:

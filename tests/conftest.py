@@ -22,6 +22,9 @@ import pytest
 
 from clusterhub.ports import PORT_RANGE_ENV, chosen_range
 
+# The Kubernetes emulator's fixtures (kube_api, kube_cluster...), for every module.
+pytest_plugins = ["tests.kube.fixtures"]
+
 # group -> the module name prefixes that belong to it
 SHARED_GROUPS = {
     "engine-ports": ("test_kube_engines", "test_kube_kernels", "test_kube_chart_hub"),

@@ -361,21 +361,6 @@ def size_budgets() -> dict[str, int]:
 
 
 # -- small helpers for the tests ---------------------------------------------------------------
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the service is not up yet
-            last_error = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{what} within {timeout:.0f} s (last error: {last_error!r})")
-
-
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -25,6 +25,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
+from waiting import wait_for
 
 from clusterhub import procs
 from clusterhub.engines import local_engine
@@ -90,17 +91,6 @@ print(json.dumps({"app": sc.applicationId, "rows": rows}), flush=True)
 sys.stdin.read()  # keep the driver (and its REST API) up until the test is done
 spark.stop()
 """
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def refused(call, status: int, *fragments: str):

@@ -20,6 +20,7 @@ from http.cookies import SimpleCookie
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (its fixtures, for this module only)
+from waiting import wait_for
 
 from clusterhub import procs
 from clusterhub.engines import local_engine
@@ -310,15 +311,6 @@ def test_listing_shows_the_space_and_its_limits(api):
 
 
 # -- the happy path -----------------------------------------------------------------------------
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-    return value
-
-
 def test_scale_run_tasks_and_read_their_hostnames(space, api):
     import ipyparallel as ipp
 

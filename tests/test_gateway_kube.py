@@ -23,8 +23,7 @@ from gatewaykube import (
 )
 from test_kube_spawner import Kubectl, spawn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.kube.fixtures import uts_available  # noqa: E402
+from tests.kube.fixtures import uts_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -17,7 +17,6 @@ import re
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -496,8 +495,6 @@ class _TlsFront:
 @pytest.fixture
 def kube_https(tmp_path):
     """The Kubernetes emulator behind TLS: (kubeconfig path, api(method, path, body))."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from tests.kube.emulator import KubeEmulator
 
     emulator = KubeEmulator(tmp_path / "apiserver").start()

@@ -11,6 +11,7 @@ removes every container, the daemon and all its data.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -41,8 +42,8 @@ from dockertools import (
     processes_under,
     run_args,
     size_budgets,
-    wait_for,
 )
+from waiting import wait_for as _wait_for
 
 pytestmark = [
     pytest.mark.images,
@@ -59,6 +60,10 @@ CLUSTER = f"{PREFIX}/cluster:{TAG}"
 LOOPBACK = {"CLUSTERHUB_BIND_HOST": "127.0.0.1"}
 USER_ID = 1000
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# Containers take a while to come up: an error (no connection yet, docker inspect racing the
+# start) means "not yet".
+wait_for = functools.partial(_wait_for, interval=0.5, retry_on=(Exception,))
 
 
 def free_port() -> int:

@@ -6,24 +6,15 @@ client, with the ReplicaSet controller retrying what admission refused."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kube.fixtures"]
-
-from kubernetes_asyncio import client  # noqa: E402
-from kubernetes_asyncio.client.rest import ApiException  # noqa: E402
-
-from tests.kube import kube_options  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
-from tests.kube.admission import (  # noqa: E402
+from tests.kube import kube_options
+from tests.kube import wait_for_async as wait_for
+from tests.kube.admission import (
     Refused,
     admit,
     apply_limit_ranges,

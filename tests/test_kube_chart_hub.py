@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -22,11 +21,10 @@ import requests
 from hubclient import BrowserUser, free_port
 from test_kube_spawner import BIN, CHECKOUT, TEST_HUB_CONFIG, RunningKubeHub, spawn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clusterhub.ports import port_is_free  # noqa: E402
-from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir  # noqa: E402
-from tests.kube.chart import ChartRbac, render_chart  # noqa: E402
-from tests.kube.fixtures import KubeCluster  # noqa: E402
+from clusterhub.ports import port_is_free
+from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir
+from tests.kube.chart import ChartRbac, render_chart
+from tests.kube.fixtures import KubeCluster
 
 pytestmark = [
     pytest.mark.e2e,

@@ -15,21 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.watch import Watch
 
-# tests/ is not a package; make `tests.kube` importable however pytest was started.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kube.fixtures"]
-
-from kubernetes_asyncio import client  # noqa: E402
-from kubernetes_asyncio.client.rest import ApiException  # noqa: E402
-from kubernetes_asyncio.watch import Watch  # noqa: E402
-
-# Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import StandInUser, kube_options  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
+# Not from tests.kube.fixtures: pytest imports that plugin itself (assertion rewriting).
+from tests.kube import StandInUser, kube_options
+from tests.kube import wait_for_async as wait_for
 
 if TYPE_CHECKING:
     from tests.kube.fixtures import KubeCluster

@@ -21,7 +21,6 @@ import os
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,20 +28,13 @@ import psutil
 import pytest
 import pytest_asyncio
 
-# tests/ is not a package; make `tests.kube` importable however pytest was started.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+from clusterhub.spawner import kubeobjects as ko
+from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT
 
-pytest_plugins = ["tests.kube.fixtures"]
-
-from clusterhub.spawner import kubeobjects as ko  # noqa: E402
-from clusterhub.spawner.kubespace import NOTEBOOK_SERVICE_ACCOUNT  # noqa: E402
-
-# Not from tests.kube.fixtures: pytest must import the plugin itself (assertion rewriting).
-from tests.kube import StandInUser, busy_ports, kube_options, pod_shared_dir  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
-from tests.kube.http import EmulatorHttp  # noqa: E402
+# Not from tests.kube.fixtures: pytest imports that plugin itself (assertion rewriting).
+from tests.kube import StandInUser, busy_ports, kube_options, pod_shared_dir
+from tests.kube import wait_for_async as wait_for
+from tests.kube.http import EmulatorHttp
 
 if TYPE_CHECKING:
     from clusterhub.spawner.kube import KubeSpaceSpawner

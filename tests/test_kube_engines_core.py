@@ -24,27 +24,22 @@ from typing import Any
 import pytest
 import requests
 
-# tests/ is not a package; make `tests.kube` importable however pytest was started.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from clusterhub.labextension.core import Clusters, ClustersError  # noqa: E402
-from clusterhub.labextension.kube_engines import (  # noqa: E402
+from clusterhub.labextension.core import Clusters, ClustersError
+from clusterhub.labextension.kube_engines import (
     InClusterApi,
     KubeIPyParallelEngine,
     KubeSpace,
     kube_space_from_env,
 )
-from clusterhub.profiles import validate_options, validate_profiles  # noqa: E402
-from clusterhub.spawner import kubeobjects as ko  # noqa: E402
-from clusterhub.spawner.kubespace import (  # noqa: E402
+from clusterhub.profiles import validate_options, validate_profiles
+from clusterhub.spawner import kubeobjects as ko
+from clusterhub.spawner.kubespace import (
     NOTEBOOK_SERVICE_ACCOUNT,
     make_space_objects,
     notebook_limits_env,
 )
-from tests.kube import busy_ports, pod_shared_dir, wait_for  # noqa: E402
-from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
+from tests.kube import busy_ports, pod_shared_dir, wait_for
+from tests.kube.fixtures import KubeCluster, uts_available
 
 pytestmark = pytest.mark.slow
 

@@ -26,15 +26,14 @@ from gatewaykube import IMAGE_ENTRYPOINTS, prepare_hub_namespace
 from hubclient import BrowserUser
 from test_kube_spawner import Kubectl, RunningKubeHub, spawn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clusterhub.spawner import kubeobjects as ko  # noqa: E402
-from tests.kube import (  # noqa: E402
+from clusterhub.spawner import kubeobjects as ko
+from tests.kube import (
     CLUSTERHUB_IMAGE_USERS,
     busy_ports,
     pod_shared_dir,
     wait_for,
 )
-from tests.kube.fixtures import KubeCluster, uts_available  # noqa: E402
+from tests.kube.fixtures import KubeCluster, uts_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -15,23 +15,16 @@ import os
 import stat
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kube.fixtures"]
-
-from tests.kube import kube_options  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
-from tests.kube.http import EmulatorHttp  # noqa: E402
-from tests.kube.podsecurity import (  # noqa: E402
+from tests.kube import kube_options
+from tests.kube import wait_for_async as wait_for
+from tests.kube.http import EmulatorHttp
+from tests.kube.podsecurity import (
     Identity,
     RunAsRefused,
     container_identity,

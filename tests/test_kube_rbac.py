@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kube.fixtures"]
-
-from kubernetes_asyncio import client  # noqa: E402
-from kubernetes_asyncio.client.rest import ApiException  # noqa: E402
-
-from tests.kube import kube_options  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
+from tests.kube import kube_options
+from tests.kube import wait_for_async as wait_for
 
 if TYPE_CHECKING:
     from tests.kube.fixtures import KubeCluster

@@ -7,21 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-pytest_plugins = ["tests.kube.fixtures"]
-
-from tests.kube import kube_options  # noqa: E402
-from tests.kube import wait_for_async as wait_for  # noqa: E402
-from tests.kube.registry import pull_refusal, registry_of  # noqa: E402
+from tests.kube import kube_options
+from tests.kube import wait_for_async as wait_for
+from tests.kube.registry import pull_refusal, registry_of
 
 PRIVATE = "registry.example.com"
 IMAGE = f"{PRIVATE}/team/cluster:1"

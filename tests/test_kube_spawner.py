@@ -21,15 +21,14 @@ import pytest
 import requests
 from hubclient import BrowserUser, RunningPlatform, free_port, wait_until_healthy
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clusterhub.spawner.kubeobjects import (  # noqa: E402
+from clusterhub.spawner.kubeobjects import (
     make_namespace_name,
     parse_quantity,
     space_labels,
 )
-from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir  # noqa: E402
-from tests.kube.chart import ChartRbac, render_chart  # noqa: E402
-from tests.kube.fixtures import KubeCluster  # noqa: E402
+from tests.kube import CLUSTERHUB_IMAGE_USERS, pod_shared_dir
+from tests.kube.chart import ChartRbac, render_chart
+from tests.kube.fixtures import KubeCluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -5,28 +5,23 @@ to :class:`~tests.kube.emulator.KubeEmulator` (plain HTTP, bearer token, JSON) w
 :class:`~tests.kube.kubelet.ProcessKubelet` runs every scheduled pod's containers as real
 local processes. Read the docstring of ``emulator.py`` for what is and is not emulated.
 
-Use from a test module or the root conftest (pytest refuses ``pytest_plugins`` in other
-conftests)::
-
-    pytest_plugins = ["tests.kube.fixtures"]
-
-and import helpers such as :func:`kube_options` from ``tests.kube``, not from
-``tests.kube.fixtures``: a plugin imported by the test module before pytest loads it loses
+``tests/conftest.py`` loads the fixtures (``pytest_plugins = ["tests.kube.fixtures"]``);
+import helpers such as :func:`kube_options` from ``tests.kube``, not from
+``tests.kube.fixtures``: a plugin imported by a test module before pytest loads it loses
 assertion rewriting (and pytest warns).
 
 ``tests`` has no ``__init__.py`` on purpose (pytest's rootdir-relative imports); ``tests.kube``
-is importable as a namespace package as long as the repository root is on ``sys.path``
-(``python -m pytest`` from the root and the editable install both put it there). A module
-that may run from elsewhere can prepend the root to ``sys.path`` before importing it, as
-``tests/test_kube_emulator.py`` does.
+is importable as a namespace package because pytest puts the repository root on ``sys.path``
+(``pythonpath`` in pyproject.toml), as it puts ``tests/`` there for ``waiting`` and the other
+shared helpers. A script outside pytest (the benchmarks) prepends both itself.
 """
 
-import asyncio
 import os
 import socket
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
+
+from waiting import wait_for, wait_for_async
 
 from .emulator import KubeEmulator
 from .errors import ApiError
@@ -89,35 +84,6 @@ class StandInUser:
 
     def progress_url(self, server_name: str = "") -> str:
         return f"/hub/api/users/{self.name}/server/progress"
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something true, and return that; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        time.sleep(interval)
-
-
-async def wait_for_async(
-    check: Callable[[], Awaitable[Any]],
-    timeout: float = 10,
-    what: str = "condition",
-    interval: float = 0.05,
-) -> Any:
-    """Await ``check`` until it returns something true, and return that; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 def busy_ports(ports: tuple[int, ...]) -> list[int]:

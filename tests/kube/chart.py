@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,6 @@ import requests
 import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "clusterhub"
-# tests/ holds helmtools (and is on the path when pytest runs; not when imported elsewhere).
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 _PATHS = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
