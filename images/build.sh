@@ -113,6 +113,9 @@ run proxy "${NPM:-npm}" ci --prefix "$context/proxy" --omit=dev --ignore-scripts
     --no-fund
 run wheel "$python" -m pip wheel --no-deps --wheel-dir "$context/dist" "$repo"
 wheel="$(basename "$(ls "$context"/dist/clusterhub-*.whl)")"
+# Its dependencies by image, installed before the wheel: their layers stay cached while only
+# clusterhub's own code changes.
+"$python" "$here/requirements.py" "$context/dist/$wheel" "$context/requirements"
 version="${wheel#clusterhub-}"
 version="${version%%-*}"
 
@@ -147,15 +150,16 @@ run wheelhouse "$docker" run --rm --network host --user "$(id -u):$(id -g)" -e H
             pip wheel --use-pep517 --wheel-dir /wheelhouse --find-links /wheelhouse "$1"
         fi' sh "$requirement"
 
-port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$python" -m http.server --bind 127.0.0.1 --directory "$wheelhouse" "$port" \
+"$python" "$here/wheelhouse_server.py" "$wheelhouse" "$context/wheelhouse-port" \
     >"$log_dir/wheelhouse-server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 50); do
-    "$python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" \
-        2>/dev/null && break
+for _ in $(seq 100); do
+    [ -f "$context/wheelhouse-port" ] && break
+    kill -0 "$server_pid" 2>/dev/null || die "the wheelhouse server did not start ($log_dir/wheelhouse-server.log)"
     sleep 0.1
 done
+[ -f "$context/wheelhouse-port" ] || die "the wheelhouse server did not start in 10 s"
+port="$(cat "$context/wheelhouse-port")"
 wheels=(--build-arg "WHEELHOUSE_URL=http://127.0.0.1:$port/")
 
 build core core --build-arg "BASE=$prefix/base:$tag" "${wheels[@]}"

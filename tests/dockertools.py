@@ -4,14 +4,16 @@ debootstrap, and the clusterhub images built by ``images/build.sh``.
 Nothing here touches the machine's own Docker (if any): the daemon has its own data root,
 exec root, socket and pid file, no bridge network and no iptables rules, and containers are
 run with ``--network host`` so test traffic stays on loopback. :meth:`DockerDaemon.stop`
-removes every container, stops the daemon by its pid and deletes its directories, and with
-them every image.
+removes every container, stops the daemon by its pid and deletes its directories. The test
+run's daemon keeps its data root (the images, and so Docker's build cache) in the test cache
+for the next run (see :func:`kept_data_root`); any other daemon's images go with it.
 
 Needs root, ``dockerd`` (Debian: ``docker.io``) and ``debootstrap``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -104,8 +106,10 @@ def _unmount_under(path: str) -> None:
 class DockerDaemon:
     """A dockerd of our own under ``root`` (data, exec root, socket, pid file, log)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, data_root: Path | None = None):
         self.root = root
+        # A data root outside ``root`` outlives the daemon (see kept_data_root).
+        self.data_root = data_root or root / "data"
         self.socket = root / "docker.sock"
         self.pidfile = root / "docker.pid"
         self.log_path = root / "dockerd.log"
@@ -123,13 +127,14 @@ class DockerDaemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> None:
-        for sub in ("data", "exec", "client-config"):
+        for sub in ("exec", "client-config"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.data_root.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [
                 "dockerd",
-                f"--data-root={self.root / 'data'}",
+                f"--data-root={self.data_root}",
                 f"--exec-root={self.root / 'exec'}",
                 f"--host=unix://{self.socket}",
                 f"--pidfile={self.pidfile}",
@@ -161,15 +166,22 @@ class DockerDaemon:
         self.stop()
         raise RuntimeError(f"dockerd did not answer within {timeout:.0f} s:\n{tail}")
 
-    def stop(self) -> None:
-        """Remove every container, stop the daemon and everything it started, delete root."""
+    def stop(self) -> bool:
+        """Remove every container, stop the daemon and everything it started, delete root.
+        True if the daemon stopped by itself on SIGTERM (so its data root is consistent)."""
+        clean = False
         if self.process is not None and self.process.poll() is None:
             ids = self.docker("ps", "-aq", check=False).stdout.split()
             if ids:
                 self.docker("rm", "-f", *ids, check=False, timeout=120)
+            # Images no tag leads to any more (a previous build's): a kept data root would
+            # grow with every build otherwise.
+            self.docker("image", "prune", "-f", check=False, timeout=300)
+            self.docker("volume", "prune", "-f", check=False, timeout=120)
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=60)
+                clean = True
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=30)
@@ -180,7 +192,9 @@ class DockerDaemon:
             except ProcessLookupError:
                 pass
         _unmount_under(str(self.root))
+        _unmount_under(str(self.data_root))
         shutil.rmtree(self.root, ignore_errors=True)
+        return clean
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -237,14 +251,45 @@ def clean_stale_runs() -> None:
 @contextmanager
 def docker_daemon() -> Iterator[DockerDaemon]:
     clean_stale_runs()
-    # On the venv's disk, not /tmp (which may be RAM): the images take several GB. The path
-    # stays short: containerd's sockets live under the exec root.
-    daemon = DockerDaemon(cache_dir() / f"docker-{os.getpid()}")
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.stop()
+    with kept_data_root() as data_root:
+        # On the venv's disk, not /tmp (which may be RAM): the images take several GB. The
+        # path stays short: containerd's sockets live under the exec root.
+        daemon = DockerDaemon(cache_dir() / f"docker-{os.getpid()}", data_root)
+        try:
+            daemon.start()
+            yield daemon
+        finally:
+            if not daemon.stop() and data_root is not None:
+                _forget(data_root)
+
+
+@contextmanager
+def kept_data_root() -> Iterator[Path | None]:
+    """The daemon's data root kept in the test cache between runs, so that a build reuses the
+    layers of the last one (Docker's cache: an unchanged step is not run again); None while
+    another test run holds it (that run's daemon then gets a data root of its own).
+
+    A data root whose daemon did not stop cleanly (killed, or the run was) may be
+    inconsistent: it is deleted rather than used."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    data_root, in_use = cache / "layers", cache / "layers.in-use"
+    with open(cache / "layers.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        if in_use.exists():
+            _forget(data_root)
+        in_use.touch()
+        yield data_root
+        in_use.unlink()  # not on an exception out of the run: then it is forgotten next time
+
+
+def _forget(data_root: Path) -> None:
+    _unmount_under(str(data_root))
+    shutil.rmtree(data_root, ignore_errors=True)
 
 
 # -- the base image ---------------------------------------------------------------------------
@@ -290,9 +335,15 @@ def debootstrap_tarball(log: Path) -> Path:
 
 
 def import_base(daemon: DockerDaemon, log: Path) -> str:
+    """The debootstrap tarball as BASE_IMAGE; a kept data root has it already, unless the
+    tarball was made again since (the image's comment names the tarball)."""
     tarball = debootstrap_tarball(log)
-    with open(tarball, "rb") as f:
-        daemon.docker("import", "-", BASE_IMAGE, stdin=f, timeout=300)
+    found = daemon.docker("image", "inspect", "--format", "{{.Comment}}", BASE_IMAGE, check=False)
+    if found.returncode != 0 or found.stdout.strip() != tarball.name:
+        with open(tarball, "rb") as f:
+            daemon.docker(
+                "import", "--message", tarball.name, "-", BASE_IMAGE, stdin=f, timeout=300
+            )
     return BASE_IMAGE
 
 
