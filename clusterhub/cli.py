@@ -234,11 +234,12 @@ def _add_build(commands) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
-        from .up import UsageError, run_up
+        from .up import run_up
+        from .usererror import UserError
 
         try:
             return run_up(args)
-        except UsageError as exc:
+        except UserError as exc:
             print(f"clusterhub up: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "build":

@@ -8,7 +8,7 @@ process of the account (``python -m clusterhub.owner_tasks``, a JSON request on 
 input and the JSON result on standard output), inside the user's fence. In the
 single-account mode the same functions run in the hub's own process.
 
-A failure the user should see comes back as an :class:`EngineError` with its message.
+A failure the user should see comes back as the same :class:`~clusterhub.usererror.UserError`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .accounts import Account
-from .engines import EngineError, local_engine
+from .engines import local_engine
 from .space import LocalSpace
+from .usererror import UserError
 
 # Variables an owner task keeps from the hub's environment: nothing secret, just enough to
 # find programs (Java for Spark) and to keep the language settings.
@@ -101,8 +102,8 @@ def run_as_owner(
     if account is None or account.is_current():
         try:
             return handle(request)
-        except EngineError as exc:
-            raise EngineError(str(exc)) from None
+        except UserError as exc:
+            raise UserError(exc.message, field=exc.field, status=exc.status) from None
     space = LocalSpace(request["data_dir"], request["username"])
     result = subprocess.run(
         [sys.executable, "-m", "clusterhub.owner_tasks"],
@@ -123,7 +124,8 @@ def run_as_owner(
             f"(exit {result.returncode}): {result.stderr.strip()[-2000:]}"
         ) from None
     if "user_error" in answer:
-        raise EngineError(answer["user_error"])
+        refusal = answer["user_error"]
+        raise UserError(refusal["message"], field=refusal["field"], status=refusal["status"])
     if "error" in answer:
         raise RuntimeError(f"owner task {request['task']} for {account.name}: {answer['error']}")
     return answer["result"]
@@ -139,8 +141,8 @@ def main() -> int:
     request: dict[str, Any] = json.loads(sys.stdin.read())
     try:
         answer: dict[str, Any] = {"result": handle(request)}
-    except EngineError as exc:
-        answer = {"user_error": str(exc)}
+    except UserError as exc:
+        answer = {"user_error": exc.to_dict()}
     except Exception as exc:
         import traceback
 

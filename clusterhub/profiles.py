@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .usererror import UserError, number, whole_number
+
 ENGINES = ("spark", "ipyparallel")
 
 # The sizes a user may choose, with the absolute bounds an admin may set them within.
@@ -76,14 +78,6 @@ DEFAULT_PROFILES: list[dict[str, Any]] = [
 ]
 
 
-class OptionError(ValueError):
-    """A user's choice is not allowed. The message names the field and what is allowed."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        super().__init__(f"{field}: {message}")
-
-
 @dataclass(frozen=True)
 class SpaceOptions:
     """A user's validated choices for their space."""
@@ -95,35 +89,6 @@ class SpaceOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _whole_number(field: str, value: Any, low: int, high: int) -> int:
-    """``value`` as an int within [low, high], else an OptionError naming ``field``."""
-    allowed = f"must be a whole number from {low} to {high}"
-    if isinstance(value, bool):
-        raise OptionError(field, f"{allowed}, not {value!r}")
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.lstrip("-").isdigit():
-            raise OptionError(field, f"{allowed}, not {value!r}")
-        value = int(text)
-    elif isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int):
-        raise OptionError(field, f"{allowed}, not {value!r}")
-    if not low <= value <= high:
-        raise OptionError(field, f"{allowed}, not {value}")
-    return value
-
-
-def _number(field: str, value: Any, low: float, high: float) -> float:
-    """``value`` as a float within [low, high], else a ValueError naming ``field``."""
-    allowed = f"must be a number from {low:g} to {high:g}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{field}: {allowed}, not {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{field}: {allowed}, not {value!r}")
-    return float(value)
 
 
 def validate_notebook(where: str, sizes: Any) -> dict[str, dict[str, float]]:
@@ -138,12 +103,14 @@ def validate_notebook(where: str, sizes: Any) -> dict[str, dict[str, float]]:
         if not isinstance(bounds, Mapping) or set(bounds) - {"guarantee", "limit"}:
             raise ValueError(f"{where}.{field}: must be a mapping with 'guarantee' and 'limit'")
         default = DEFAULT_NOTEBOOK[field]
-        limit = _number(f"{where}.{field}.limit", bounds.get("limit", default["limit"]), low, high)
-        guarantee = _number(
+        limit = number(
+            f"{where}.{field}.limit", bounds.get("limit", default["limit"]), low=low, high=high
+        )
+        guarantee = number(
             f"{where}.{field}.guarantee",
             bounds.get("guarantee", min(default["guarantee"], limit)),
-            low,
-            limit,
+            low=low,
+            high=limit,
         )
         result[field] = {"guarantee": guarantee, "limit": limit}
     return result
@@ -192,9 +159,12 @@ def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]
             bounds = profile.get(field, {})
             if not isinstance(bounds, Mapping) or set(bounds) - {"default", "max"}:
                 raise ValueError(f"{where}.{field}: must be a mapping with 'default' and 'max'")
-            top = _whole_number(f"{where}.{field}.max", bounds.get("max", high), low, high)
-            default = _whole_number(
-                f"{where}.{field}.default", bounds.get("default", min(low + 1, top)), low, top
+            top = whole_number(f"{where}.{field}.max", bounds.get("max", high), low=low, high=high)
+            default = whole_number(
+                f"{where}.{field}.default",
+                bounds.get("default", min(low + 1, top)),
+                low=low,
+                high=top,
             )
             normalised[field] = {"default": default, "max": top}
         result.append(normalised)
@@ -212,20 +182,23 @@ def find_profile(profiles: list[dict[str, Any]], slug: Any) -> dict[str, Any]:
         if profile["slug"] == slug:
             return profile
     choices = ", ".join(p["slug"] for p in profiles)
-    raise OptionError("profile", f"unknown profile {slug!r}; choose one of: {choices}")
+    raise UserError(f"profile: unknown profile {slug!r}; choose one of: {choices}", field="profile")
 
 
-def validate_options(profiles: list[dict[str, Any]], options: Mapping[str, Any]) -> SpaceOptions:
-    """Turn a user's raw choices (form or API body) into SpaceOptions, or raise OptionError.
+def validate_options(
+    profiles: list[dict[str, Any]], options: Mapping[str, Any], *, text: bool = False
+) -> SpaceOptions:
+    """Turn a user's raw choices (an API body, or with ``text`` the spawn form's fields) into
+    SpaceOptions, or raise UserError.
 
     Missing sizes take the profile's defaults; a missing profile is the default profile.
     """
     if not isinstance(options, Mapping):
-        raise OptionError("options", "must be a mapping of option names to values")
+        raise UserError("options: must be a mapping of option names to values", field="options")
     known = {"profile", *SIZE_FIELDS}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise OptionError(unknown[0], f"unknown option; allowed: {sorted(known)}")
+        raise UserError(f"{unknown[0]}: unknown option; allowed: {sorted(known)}", field=unknown[0])
     slug = options.get("profile")
     profile = default_profile(profiles) if slug in (None, "") else find_profile(profiles, slug)
     sizes = {}
@@ -235,7 +208,7 @@ def validate_options(profiles: list[dict[str, Any]], options: Mapping[str, Any])
         if raw is None or raw == "":
             sizes[field] = bounds["default"]
         else:
-            sizes[field] = _whole_number(field, raw, low, bounds["max"])
+            sizes[field] = whole_number(field, raw, low=low, high=bounds["max"], text=text)
     return SpaceOptions(profile=profile["slug"], **sizes)
 
 
@@ -247,9 +220,9 @@ def options_from_form(profiles: list[dict[str, Any]], formdata: Mapping[str, lis
         if key.startswith("_") or key.endswith("_file"):
             continue
         if len(values) != 1:
-            raise OptionError(key, "must be given exactly once")
+            raise UserError(f"{key}: must be given exactly once", field=key)
         flat[key] = values[0]
-    return validate_options(profiles, flat)
+    return validate_options(profiles, flat, text=True)
 
 
 def memory_budget_gib(profile: Mapping[str, Any]) -> float:

@@ -42,6 +42,7 @@ from .ports import chosen_range, free_port, port_is_free, reserve
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
 from .supervise import Supervised
+from .usererror import UserError
 
 WORKSHOP_CODE_ENV = "CLUSTERHUB_WORKSHOP_CODE"
 MIN_CODE_LENGTH = 8
@@ -50,10 +51,6 @@ HUB_START_TIMEOUT = 120
 HUB_STOP_TIMEOUT = 120
 # The longest `--expect` waits for its warm interpreters before the doors open.
 WARM_UP_TIMEOUT = 600
-
-
-class UsageError(Exception):
-    """A flag or the machine is not fit to run the platform; the message says how to fix it."""
 
 
 @dataclass
@@ -87,7 +84,7 @@ def check_ip(ip: str) -> str:
     try:
         ipaddress.ip_address(ip)
     except ValueError:
-        raise UsageError(
+        raise UserError(
             f"--ip must be an IP address of this machine (e.g. 127.0.0.1 or 0.0.0.0), not {ip!r}"
         ) from None
     return ip
@@ -95,7 +92,7 @@ def check_ip(ip: str) -> str:
 
 def check_workshop_code(code: str, source: str) -> str:
     if not MIN_CODE_LENGTH <= len(code) <= MAX_CODE_LENGTH or code != code.strip():
-        raise UsageError(
+        raise UserError(
             f"{source} must be {MIN_CODE_LENGTH} to {MAX_CODE_LENGTH} characters without "
             f"leading or trailing spaces (got {len(code)} characters)"
         )
@@ -107,16 +104,16 @@ def check_config_file(path: str | None) -> str:
         return ""
     path = os.path.abspath(path)
     if not os.path.isfile(path):
-        raise UsageError(f"--config: no such file: {path}")
+        raise UserError(f"--config: no such file: {path}")
     try:
         with open(path) as f:
             compile(f.read(), path, "exec")
     except SyntaxError as exc:
-        raise UsageError(
+        raise UserError(
             f"--config: {path} is not valid Python: line {exc.lineno}: {exc.msg}"
         ) from None
     except OSError as exc:
-        raise UsageError(f"--config: cannot read {path}: {exc.strerror}") from None
+        raise UserError(f"--config: cannot read {path}: {exc.strerror}") from None
     return path
 
 
@@ -126,21 +123,21 @@ def check_tls(cert: str | None, key: str | None) -> tuple[str, str]:
         return "", ""
     if not cert or not key:
         given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
-        raise UsageError(f"{given} needs {missing} too (the certificate and its private key)")
+        raise UserError(f"{given} needs {missing} too (the certificate and its private key)")
     cert, key = os.path.abspath(cert), os.path.abspath(key)
     for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
         if not os.path.isfile(path):
-            raise UsageError(f"{flag}: no such file: {path}")
+            raise UserError(f"{flag}: no such file: {path}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(cert, key, password=lambda: b"")
     except ssl.SSLError as exc:
-        raise UsageError(
+        raise UserError(
             f"--tls-cert/--tls-key: {cert} and {key} are not a PEM certificate and its "
             f"unencrypted private key ({exc.reason or exc})"
         ) from None
     except OSError as exc:
-        raise UsageError(f"--tls-cert/--tls-key: cannot read them: {exc.strerror}") from None
+        raise UserError(f"--tls-cert/--tls-key: cannot read them: {exc.strerror}") from None
     return cert, key
 
 
@@ -164,14 +161,14 @@ CHECKOUT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def find_proxy(checkout_dir: str = CHECKOUT_DIR) -> list[str]:
     """configurable-http-proxy: $CLUSTERHUB_PROXY_COMMAND, the checkout's node_modules, or PATH."""
     if not shutil.which("node"):
-        raise UsageError(
+        raise UserError(
             "node is not installed: install Node.js 18 or newer "
             "(Debian/Ubuntu: apt-get install -y nodejs npm)"
         )
     chosen = os.environ.get(PROXY_COMMAND_ENV)
     if chosen:
         if not os.access(chosen, os.X_OK):
-            raise UsageError(f"{PROXY_COMMAND_ENV}: {chosen} is not an executable file")
+            raise UserError(f"{PROXY_COMMAND_ENV}: {chosen} is not an executable file")
         return [chosen]
     candidates = [
         os.path.join(checkout_dir, "node_modules", ".bin", "configurable-http-proxy"),
@@ -180,7 +177,7 @@ def find_proxy(checkout_dir: str = CHECKOUT_DIR) -> list[str]:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return [candidate]
-    raise UsageError(
+    raise UserError(
         "configurable-http-proxy is not installed: run `npm install` in the clusterhub "
         "checkout, or `npm install -g configurable-http-proxy`"
     )
@@ -191,7 +188,7 @@ def check_java() -> None:
 
     reason = java_missing_reason()
     if reason:
-        raise UsageError(f"{reason} (the Spark profiles need it)")
+        raise UserError(f"{reason} (the Spark profiles need it)")
 
 
 def check_shared_install() -> None:
@@ -203,7 +200,7 @@ def check_shared_install() -> None:
     for what, path in places.items():
         blocked = closed_to_others(path)
         if blocked:
-            raise UsageError(
+            raise UserError(
                 f"attendees' accounts cannot reach {what} ({path}): {blocked} is closed to "
                 "other users. Install clusterhub with a system Python outside /root "
                 "(./bootstrap does), or run with --single-account"
@@ -215,7 +212,7 @@ def check_data_dir(path: str, shared: bool = False) -> str:
     path = os.path.abspath(os.path.expanduser(path))
     blocked = closed_to_others(os.path.dirname(path)) if shared else None
     if blocked:
-        raise UsageError(
+        raise UserError(
             f"--data-dir: attendees' accounts cannot reach {path}: {blocked} is closed to "
             f"other users. Choose a directory outside it (default as root: {default_data_dir()})"
         )
@@ -226,7 +223,7 @@ def check_data_dir(path: str, shared: bool = False) -> str:
             pass
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"--data-dir: cannot write to {path}: {exc.strerror}") from None
+        raise UserError(f"--data-dir: cannot write to {path}: {exc.strerror}") from None
     return path
 
 
@@ -480,7 +477,7 @@ def _popen_logged(cmd: list[str], cwd: str, env: dict, log_path: str) -> subproc
 
 
 def resolve_settings(args) -> tuple[PlatformSettings, bool]:
-    """Check every flag and the machine; raise UsageError before anything starts.
+    """Check every flag and the machine; raise UserError before anything starts.
 
     Takes this data dir's lock (held until the process exits) and, if a previous `up`
     died leaving the platform's own processes running, stops those as the last step."""
@@ -496,7 +493,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     try:
         chosen_range()
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UserError(str(exc)) from None
     # The public port may be held by the proxy a previous `up` left running: taken over
     # (stopped) below, once this data dir's lock says no other `up` runs on it.
     left = takeover.leftovers(
@@ -504,7 +501,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     )
     if not port_is_free(ip, args.port) and args.port not in takeover.listening_ports(left):
         where = ip or "all interfaces"
-        raise UsageError(
+        raise UserError(
             f"port {args.port} on {where} is in use: stop what uses it, or choose another "
             "with --port"
         )
@@ -517,7 +514,7 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     try:
         lock.acquire()
     except takeover.InUse as exc:
-        raise UsageError(
+        raise UserError(
             f"--data-dir {data_dir} is in use by a running platform ({exc}); stop it first "
             "or choose another data dir"
         ) from None

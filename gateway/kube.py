@@ -40,9 +40,10 @@ from traitlets import Dict, Float, Integer, List, Unicode, default, validate
 
 from clusterhub import profiles as profile_rules
 from clusterhub.spawner import kubeobjects as k
+from clusterhub.usererror import CONFLICT, UserError
 
 from . import kubeobjects as g
-from .options import NoActiveSpace, bounded_options
+from .options import bounded_options
 
 _FINISHED = ("Succeeded", "Failed")
 
@@ -228,7 +229,7 @@ class KubeSpaceBackend(DBBackendBase):
 
     # -- the owner's space ----------------------------------------------------------------
     async def space_namespace(self, username: str) -> str:
-        """The owner's namespace if it is their active space on this hub, else NoActiveSpace."""
+        """The owner's namespace if it is their active space on this hub, else a UserError."""
         name = self.namespace_for(username)
         try:
             namespace = await self._request(self.core.read_namespace(name))
@@ -243,9 +244,10 @@ class KubeSpaceBackend(DBBackendBase):
             or labels.get(k.HUB_NAME_LABEL) != k.label_value(self.hub_name)
             or labels.get(k.HUB_USER_LABEL) != k.label_value(username)
         ):
-            raise NoActiveSpace(
+            raise UserError(
                 f"user {username!r} has no running server (no namespace {name}): start "
-                "your server, then create a cluster from it"
+                "your server, then create a cluster from it",
+                status=CONFLICT,
             )
         return name
 
@@ -259,9 +261,10 @@ class KubeSpaceBackend(DBBackendBase):
         await self.space_namespace(username)
         server = await self.hub_server(username)
         if not server or server.get("stopped") or not server.get("ready"):
-            raise NoActiveSpace(
+            raise UserError(
                 f"user {username!r} has no running server: start your server, then create "
-                "a cluster from it"
+                "a cluster from it",
+                status=CONFLICT,
             )
         options = profile_rules.validate_options(self.profiles, server.get("user_options") or {})
         profile = profile_rules.find_profile(self.profiles, options.profile)
@@ -286,7 +289,7 @@ class KubeSpaceBackend(DBBackendBase):
     async def get_cluster_options(self, user) -> Options:
         try:
             return bounded_options(*await self.space_profile(user.name))
-        except (NoActiveSpace, RuntimeError, profile_rules.OptionError) as exc:
+        except (UserError, RuntimeError) as exc:
             # 409 from GET /options; creating a cluster turns it into the base's 422.
             raise web.HTTPConflict(reason=str(exc)) from None
 

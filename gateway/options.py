@@ -12,12 +12,9 @@ from collections.abc import Callable
 from dask_gateway_server.options import Float, Integer, Options
 
 from clusterhub.space import LocalSpace
+from clusterhub.usererror import CONFLICT, UserError
 
 GIB = 2**30
-
-
-class NoActiveSpace(ValueError):
-    pass
 
 
 class _RangeMessage:
@@ -46,9 +43,10 @@ def profile_limits(space: LocalSpace) -> dict:
     """The user's profile bounds, as written by the spawner when their server started."""
     state = space.read_state()
     if not state.get("active") or "limits" not in state:
-        raise NoActiveSpace(
+        raise UserError(
             f"user {space.username!r} has no running server: start your server, then create "
-            "a cluster from it"
+            "a cluster from it",
+            status=CONFLICT,
         )
     return state["limits"]
 

@@ -6,7 +6,7 @@ clusters (any number) and at most one cluster of each other engine (Spark,
 IPyParallel), named :data:`LOCAL_CLUSTER_NAME`.
 
 Everything a caller passes in is checked before anything changes; a refusal
-is a :class:`~.errors.ClustersError` (with an HTTP-like ``status``) whose
+is a :class:`~clusterhub.usererror.UserError` (with an HTTP-like ``status``) whose
 message is safe to show; anything else that escapes is an internal error.
 
 Calls block (a gateway round trip, a process start): async callers run them in
@@ -24,22 +24,13 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from clusterhub.engines import EngineError, local_engine
+from clusterhub.engines import local_engine
 from clusterhub.profiles import ENGINES as LOCAL_ENGINES
 from clusterhub.space import LocalSpace, space_from_env
+from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
 
 from .dask_clusters import RECORDS_LIMIT, DaskClusters, GatewayLike
-from .errors import (
-    BAD_REQUEST,
-    CONFLICT,
-    NOT_FOUND,
-    UNAVAILABLE,
-    ClustersError,
-    adapt_bounds,
-    cursor,
-    profile_limits,
-    worker_count,
-)
+from .errors import adapt_bounds, cursor, profile_limits, worker_count
 from .ipyparallel_records import IPyParallelRecords
 from .kube_engines import KubeSpace, kube_engine, kube_space_from_env
 from .spark_records import SparkRecords
@@ -49,7 +40,7 @@ __all__ = [
     "ENGINES",
     "LOCAL_CLUSTER_NAME",
     "Clusters",
-    "ClustersError",
+    "UserError",
     "adapt",
     "default_clusters",
     "list_engines",
@@ -115,25 +106,27 @@ class Clusters:
         present = self.local_engines()
         if space is None or kind not in present:
             has = ", ".join(["dask", *present])
-            raise ClustersError(
-                NOT_FOUND, f"engine: this space has no {kind} engine, only {has}", "engine"
+            raise UserError(
+                f"engine: this space has no {kind} engine, only {has}",
+                field="engine",
+                status=NOT_FOUND,
             )
         return self._engine_factory(kind, space)
 
     def _check_target(self, engine: Any, cluster: Any) -> str:
         if engine not in ENGINES:
-            raise ClustersError(
-                NOT_FOUND,
+            raise UserError(
                 f"engine: unknown engine {engine!r}; choose one of {', '.join(ENGINES)}",
-                "engine",
+                field="engine",
+                status=NOT_FOUND,
             )
         if not isinstance(cluster, str) or not cluster:
-            raise ClustersError(BAD_REQUEST, "cluster: must be a cluster name", "cluster")
+            raise UserError("cluster: must be a cluster name", field="cluster")
         if engine != "dask" and cluster != LOCAL_CLUSTER_NAME:
-            raise ClustersError(
-                NOT_FOUND,
+            raise UserError(
                 f"cluster: a space has one {engine} cluster, named {LOCAL_CLUSTER_NAME!r}",
-                "cluster",
+                field="cluster",
+                status=NOT_FOUND,
             )
         return engine
 
@@ -145,12 +138,12 @@ class Clusters:
         if self.dask.configured():
             try:
                 found.extend(self.dask.list())
-            except ClustersError as exc:
+            except UserError as exc:
                 found.append(self._unavailable("dask", None, exc.message))
         for kind in self.local_engines():
             try:
                 found.append(self._describe_local(kind))
-            except (EngineError, OSError) as exc:
+            except (UserError, OSError) as exc:
                 found.append(self._unavailable(kind, LOCAL_CLUSTER_NAME, str(exc)))
         return found
 
@@ -208,8 +201,8 @@ class Clusters:
         target = self._engine(engine)
         try:
             target.scale(workers)
-        except EngineError as exc:
-            raise ClustersError(CONFLICT, f"{engine}: {exc}") from exc
+        except UserError as exc:
+            raise UserError(f"{engine}: {exc}", status=CONFLICT) from exc
         return self._describe_local(engine)
 
     def adapt(self, cluster: str, minimum: Any = 0, maximum: Any = None) -> dict[str, Any]:
@@ -226,18 +219,17 @@ class Clusters:
         for Dask, ``{"adapt": {"minimum": a, "maximum": b}}``."""
         self._check_target(engine, cluster)
         if not isinstance(change, Mapping):
-            raise ClustersError(BAD_REQUEST, "body: must be a JSON object", "body")
+            raise UserError("body: must be a JSON object", field="body")
         if set(change) == {"workers"}:
             return self.scale(engine, cluster, change["workers"])
         if set(change) == {"adapt"}:
             if engine != "dask":
-                raise ClustersError(BAD_REQUEST, "adapt: only Dask clusters adapt", "adapt")
+                raise UserError("adapt: only Dask clusters adapt", field="adapt")
             low, high = adapt_bounds(change["adapt"], self.limits()["workers"])
             return self.dask.adapt(cluster, low, high)
-        raise ClustersError(
-            BAD_REQUEST,
+        raise UserError(
             'body: give either {"workers": n} or {"adapt": {"minimum": a, "maximum": b}}',
-            "workers",
+            field="workers",
         )
 
     def stop(self, engine: str, cluster: str) -> None:
@@ -289,16 +281,16 @@ class Clusters:
     def _spark_records(self, since: float | None) -> dict[str, Any]:
         status = self._engine("spark").status()
         if status.state not in ("running", "starting") or not status.dashboard:
-            raise ClustersError(CONFLICT, f"spark: the cluster is {status.state}")
+            raise UserError(f"spark: the cluster is {status.state}", status=CONFLICT)
         try:
             return self._spark.collect(status.dashboard, LOCAL_CLUSTER_NAME, since, RECORDS_LIMIT)
         except (OSError, ValueError) as exc:
-            raise ClustersError(UNAVAILABLE, f"spark: the master did not answer: {exc}") from exc
+            raise UserError(f"spark: the master did not answer: {exc}", status=UNAVAILABLE) from exc
 
     def _ipyparallel_records(self, since: float | None) -> dict[str, Any]:
         status = self._engine("ipyparallel").status()
         if status.state not in ("running", "starting") or not status.address:
-            raise ClustersError(CONFLICT, f"ipyparallel: the cluster is {status.state}")
+            raise UserError(f"ipyparallel: the cluster is {status.state}", status=CONFLICT)
         with self._lock:
             if self._ipyparallel is None or self._ipyparallel.connection_file != status.address:
                 if self._ipyparallel is not None:
@@ -308,8 +300,8 @@ class Clusters:
         try:
             return records.collect(LOCAL_CLUSTER_NAME, since, RECORDS_LIMIT)
         except (OSError, TimeoutError) as exc:
-            raise ClustersError(
-                UNAVAILABLE, f"ipyparallel: the controller did not answer: {exc}"
+            raise UserError(
+                f"ipyparallel: the controller did not answer: {exc}", status=UNAVAILABLE
             ) from exc
 
     def close(self) -> None:

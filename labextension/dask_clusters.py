@@ -23,16 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 from clusterhub import admission
-
-from .errors import (
-    BAD_REQUEST,
+from clusterhub.usererror import (
     CONFLICT,
     NOT_FOUND,
     OVER_LIMIT,
     UNAVAILABLE,
-    ClustersError,
-    worker_count,
+    UserError,
 )
+
+from .errors import worker_count
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +73,10 @@ class DaskClusters:
                 source = self._gateway_source
                 if source is None:
                     if not self.configured():
-                        raise ClustersError(
-                            UNAVAILABLE,
+                        raise UserError(
                             "Dask Gateway is not configured for this server "
                             "(DASK_GATEWAY__ADDRESS is not set)",
+                            status=UNAVAILABLE,
                         )
                     from dask_gateway import Gateway
 
@@ -91,21 +90,21 @@ class DaskClusters:
             return self._gateway
 
     def _call(self, what: str, func: Callable, *args: Any, **kwargs: Any) -> Any:
-        """A gateway call with its errors turned into ClustersError where they are the user's."""
+        """A gateway call with its errors turned into UserError where they are the user's."""
         from dask_gateway.client import GatewayClusterError, GatewayServerError
 
         try:
             return func(*args, **kwargs)
-        except ClustersError:
+        except UserError:
             raise
         except ValueError as exc:  # the gateway answered 404 or 422
             text = str(exc)
             status = NOT_FOUND if "not found" in text.lower() else OVER_LIMIT
-            raise ClustersError(status, f"{what}: {text}") from exc
+            raise UserError(f"{what}: {text}", status=status) from exc
         except GatewayClusterError as exc:  # 409: e.g. the cluster is not running
-            raise ClustersError(CONFLICT, f"{what}: {exc}") from exc
+            raise UserError(f"{what}: {exc}", status=CONFLICT) from exc
         except (GatewayServerError, OSError, TimeoutError) as exc:
-            raise ClustersError(UNAVAILABLE, f"{what}: the Dask Gateway failed: {exc}") from exc
+            raise UserError(f"{what}: the Dask Gateway failed: {exc}", status=UNAVAILABLE) from exc
 
     # -- listing -----------------------------------------------------------------------------
     def reports(self) -> dict[str, Any]:
@@ -119,7 +118,7 @@ class DaskClusters:
     def report(self, name: str) -> Any:
         report = self.reports().get(name)
         if report is None:
-            raise ClustersError(NOT_FOUND, f"cluster: no running Dask cluster named {name!r}")
+            raise UserError(f"cluster: no running Dask cluster named {name!r}", status=NOT_FOUND)
         return report
 
     def list(self) -> list[dict[str, Any]]:
@@ -159,7 +158,7 @@ class DaskClusters:
             try:
                 client = self.client(report)
                 workers = client.scheduler_info(n_workers=-1).get("workers", {})
-            except ClustersError as exc:
+            except UserError as exc:
                 entry["error"] = exc.message
             except (OSError, TimeoutError) as exc:  # the scheduler went away just now
                 self._forget({report.name})
@@ -180,7 +179,7 @@ class DaskClusters:
                 client = None
             if client is None:
                 if report.scheduler_address is None or report.security is None:
-                    raise ClustersError(CONFLICT, f"cluster {report.name!r} is not running")
+                    raise UserError(f"cluster {report.name!r} is not running", status=CONFLICT)
                 from distributed import Client
 
                 try:
@@ -192,8 +191,8 @@ class DaskClusters:
                         loop=self.gateway().loop,
                     )
                 except (OSError, TimeoutError) as exc:
-                    raise ClustersError(
-                        UNAVAILABLE, f"cluster {report.name!r}: scheduler unreachable: {exc}"
+                    raise UserError(
+                        f"cluster {report.name!r}: scheduler unreachable: {exc}", status=UNAVAILABLE
                     ) from exc
                 self._clients[report.name] = client
             if report.name not in self._armed:
@@ -204,8 +203,8 @@ class DaskClusters:
                     client.register_plugin(TaskRecordsPlugin())
                 except (OSError, TimeoutError) as exc:
                     self._forget({report.name})
-                    raise ClustersError(
-                        UNAVAILABLE, f"cluster {report.name!r}: scheduler unreachable: {exc}"
+                    raise UserError(
+                        f"cluster {report.name!r}: scheduler unreachable: {exc}", status=UNAVAILABLE
                     ) from exc
                 self._armed.add(report.name)
             return client
@@ -241,14 +240,12 @@ class DaskClusters:
         for key, value in options.items():
             if key not in allowed:
                 choices = ", ".join(sorted(allowed)) or "none"
-                raise ClustersError(
-                    BAD_REQUEST, f"{key}: unknown cluster option; allowed: {choices}", key
-                )
+                raise UserError(f"{key}: unknown cluster option; allowed: {choices}", field=key)
             self._check_option(key, value, limits)
             try:
                 allowed[key] = value
             except (TypeError, ValueError) as exc:
-                raise ClustersError(BAD_REQUEST, f"{key}: {exc}", key) from exc
+                raise UserError(f"{key}: {exc}", field=key) from exc
         name = self._call("new cluster", gateway.submit, cluster_options=allowed)
         try:
             self._call("new cluster", self._wait_running, gateway, name)
@@ -273,7 +270,7 @@ class DaskClusters:
             if status is ClusterStatus.RUNNING:
                 return
             if status not in (ClusterStatus.PENDING,) or time.monotonic() > deadline:
-                raise ClustersError(CONFLICT, f"cluster {name!r} did not start ({status.name})")
+                raise UserError(f"cluster {name!r} did not start ({status.name})", status=CONFLICT)
 
     @staticmethod
     def _check_option(key: str, value: Any, limits: dict[str, int]) -> None:
@@ -281,14 +278,14 @@ class DaskClusters:
         if limit_field is None:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ClustersError(BAD_REQUEST, f"{key}: must be a number, not {value!r}", key)
+            raise UserError(f"{key}: must be a number, not {value!r}", field=key)
         if not math.isfinite(value) or value <= 0:
-            raise ClustersError(BAD_REQUEST, f"{key}: must be above 0, not {value!r}", key)
+            raise UserError(f"{key}: must be above 0, not {value!r}", field=key)
         if value > limits[limit_field]:
-            raise ClustersError(
-                OVER_LIMIT,
+            raise UserError(
                 f"{key}: {value} is over your profile's limit of {limits[limit_field]}",
-                key,
+                field=key,
+                status=OVER_LIMIT,
             )
 
     def scale(self, name: str, workers: int) -> dict[str, Any]:
@@ -317,7 +314,7 @@ class DaskClusters:
                 collect_records, since=since_sequence, limit=RECORDS_LIMIT
             )
         except (OSError, TimeoutError) as exc:
-            raise ClustersError(UNAVAILABLE, f"cluster {name!r}: scheduler unreachable") from exc
+            raise UserError(f"cluster {name!r}: scheduler unreachable", status=UNAVAILABLE) from exc
         if answer is None:  # the scheduler restarted without our plugin
             self._armed.discard(name)
             self.client(self.report(name))

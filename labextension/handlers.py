@@ -37,20 +37,37 @@ The core's calls block, so each runs in a worker thread: the server keeps servin
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
+from clusterhub.usererror import UserError
+
 from .core import Clusters
-from .errors import BAD_REQUEST, ClustersError
 
 SETTINGS_KEY = "clusterhub_clusters"
 ROUTE_PREFIX = "clusterhub/api"
 _NAME = r"(?P<engine>[^/]+)/(?P<name>[^/]+)"
+
+
+def refusals_as_json(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The one place a :class:`UserError` becomes an answer: its status, and its
+    ``{"message", "field", "status"}`` as the body. Any other exception stays a 500."""
+
+    @functools.wraps(method)
+    async def answer(self: ClustersAPIHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            await method(self, *args, **kwargs)
+        except UserError as error:
+            self.set_status(error.status)
+            self.finish(json.dumps(error.to_dict()))
+
+    return answer
 
 
 class ClustersAPIHandler(APIHandler):
@@ -64,27 +81,23 @@ class ClustersAPIHandler(APIHandler):
         return await asyncio.to_thread(func, *args, **kwargs)
 
     def json_body(self) -> dict[str, Any]:
-        """The request body as a JSON object; a 400 ClustersError otherwise."""
+        """The request body as a JSON object; a 400 UserError otherwise."""
         raw = self.request.body
         if not raw or not raw.strip():
-            raise ClustersError(BAD_REQUEST, "body: must be a JSON object, got nothing", "body")
+            raise UserError("body: must be a JSON object, got nothing", field="body")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ClustersError(BAD_REQUEST, f"body: invalid JSON ({exc})", "body") from exc
+            raise UserError(f"body: invalid JSON ({exc})", field="body") from exc
         except RecursionError:
             # json's decoder recurses once per level: a body a few thousand levels deep
             # would otherwise end as a 500.
-            raise ClustersError(
-                BAD_REQUEST, "body: JSON nested too deeply (no option nests at all)", "body"
+            raise UserError(
+                "body: JSON nested too deeply (no option nests at all)", field="body"
             ) from None
         if not isinstance(body, dict):
-            raise ClustersError(BAD_REQUEST, "body: must be a JSON object", "body")
+            raise UserError("body: must be a JSON object", field="body")
         return body
-
-    def refuse(self, error: ClustersError) -> None:
-        self.set_status(error.status)
-        self.finish(json.dumps(error.to_dict()))
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -93,54 +106,44 @@ class ClustersAPIHandler(APIHandler):
 
 class ClustersHandler(ClustersAPIHandler):
     @web.authenticated
+    @refusals_as_json
     async def get(self) -> None:
-        try:
-            clusters = await self.call(self.clusters.list_engines)
-            limits = await self.call(self.clusters.limits)
-        except ClustersError as error:
-            return self.refuse(error)
+        clusters = await self.call(self.clusters.list_engines)
+        limits = await self.call(self.clusters.limits)
         self.reply({"clusters": clusters, "limits": limits})
 
     @web.authenticated
+    @refusals_as_json
     async def post(self) -> None:
-        try:
-            options = self.json_body()
-            created = await self.call(self.clusters.new_dask_cluster, **options)
-        except ClustersError as error:
-            return self.refuse(error)
+        options = self.json_body()
+        created = await self.call(self.clusters.new_dask_cluster, **options)
         self.reply(created, status=201)
 
 
 class ClusterHandler(ClustersAPIHandler):
     @web.authenticated
+    @refusals_as_json
     async def put(self, engine: str, name: str) -> None:
-        try:
-            body = self.json_body()
-            changed = await self.call(self.clusters.update, engine, name, body)
-        except ClustersError as error:
-            return self.refuse(error)
+        body = self.json_body()
+        changed = await self.call(self.clusters.update, engine, name, body)
         self.reply(changed)
 
     patch = put
 
     @web.authenticated
+    @refusals_as_json
     async def delete(self, engine: str, name: str) -> None:
-        try:
-            await self.call(self.clusters.stop, engine, name)
-        except ClustersError as error:
-            return self.refuse(error)
+        await self.call(self.clusters.stop, engine, name)
         self.set_status(204)
         self.finish()
 
 
 class TasksHandler(ClustersAPIHandler):
     @web.authenticated
+    @refusals_as_json
     async def get(self, engine: str, name: str) -> None:
         since = self.get_query_argument("since", None)
-        try:
-            records = await self.call(self.clusters.task_records, engine, name, since)
-        except ClustersError as error:
-            return self.refuse(error)
+        records = await self.call(self.clusters.task_records, engine, name, since)
         self.reply(records)
 
 

@@ -28,13 +28,12 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from clusterhub.engines import Engine, EngineError, EngineStatus
+from clusterhub.engines import Engine, EngineStatus
 from clusterhub.profiles import ENGINES as OPTIONAL_ENGINES
 from clusterhub.profiles import SIZE_FIELDS
 from clusterhub.spawner import kubeobjects as ko
 from clusterhub.spawner.kubespace import LIMITS_ENV
-
-from .errors import UNAVAILABLE, ClustersError
+from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
 
 __all__ = [
     "InClusterApi",
@@ -62,15 +61,13 @@ _STUCK = {
 }
 
 
-class KubeApiError(EngineError, ClustersError):
-    """The Kubernetes API refused or did not answer.
-
-    An :class:`EngineError` (so a listing shows the engine as unavailable and carries on) and
-    a :class:`ClustersError` with status 503 (so a single request answers with the reason).
-    """
+class KubeApiError(UserError):
+    """The Kubernetes API refused or did not answer: status 503, so a listing shows the engine
+    as unavailable and carries on, and a single request answers with the reason.
+    ``api_status`` is the API server's own status (404 for a missing Deployment), if any."""
 
     def __init__(self, message: str, api_status: int | None = None):
-        ClustersError.__init__(self, UNAVAILABLE, message)
+        super().__init__(message, status=UNAVAILABLE)
         self.api_status = api_status
 
 
@@ -293,7 +290,9 @@ class KubeEngine(Engine):
     def scale(self, workers: int) -> None:
         leader = self._deployment(self.leader)
         if not leader["spec"].get("replicas"):
-            raise EngineError(f"{self.label} is stopped in this space; start it first")
+            raise UserError(
+                f"{self.label} is stopped in this space; start it first", status=CONFLICT
+            )
         self._scale_to(self.workers, workers)
 
     def stop(self) -> None:
@@ -406,4 +405,8 @@ def kube_engine(kind: str, space: KubeSpace, **kwargs: Any) -> KubeEngine:
         return KubeSparkEngine(space, **kwargs)
     if kind == "ipyparallel":
         return KubeIPyParallelEngine(space, **kwargs)
-    raise EngineError(f"engine: unknown engine {kind!r}; choose spark or ipyparallel")
+    raise UserError(
+        f"engine: unknown engine {kind!r}; choose spark or ipyparallel",
+        field="engine",
+        status=NOT_FOUND,
+    )

@@ -22,7 +22,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .core import ENGINES, Clusters, ClustersError, default_clusters
+from .core import ENGINES, Clusters, UserError, default_clusters
 
 ENGINE_LABELS = {"dask": "Dask", "spark": "Spark", "ipyparallel": "IPyParallel"}
 RECENT_LIMIT = 20
@@ -476,7 +476,7 @@ class ClustersWidget(widgets.VBox):
 
 def describe(exc: BaseException) -> str:
     """A refusal's own message; anything else with its type, so nothing is hidden."""
-    if isinstance(exc, ClustersError):
+    if isinstance(exc, UserError):
         return exc.message
     return f"{type(exc).__name__}: {exc}"
 

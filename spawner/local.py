@@ -45,13 +45,13 @@ from clusterhub.build.environments import (
     platform_environment,
 )
 from clusterhub.content import workshop_source
-from clusterhub.engines import EngineError
 from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.owner_tasks import run_as_owner_async
 from clusterhub.ports import accepts
 from clusterhub.procs import process_exited, process_start_time
 from clusterhub.space import LocalSpace
+from clusterhub.usererror import UserError
 
 from .options import SpaceSpawnerMixin
 
@@ -419,7 +419,7 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                     "start_engine", kinds=[kind], sizes=engines["sizes"], workers=workers
                 )
                 state = "running"
-            except EngineError as exc:
+            except UserError as exc:
                 self.log.error("%s for %s failed to start: %s", kind, self.user.name, exc)
                 state = f"failed: {exc}"
             except Exception:

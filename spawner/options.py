@@ -13,9 +13,10 @@ from traitlets import HasTraits, List, Unicode, default, validate
 
 from clusterhub import profiles as profile_rules
 from clusterhub.settings import GATEWAY_PREFIX
+from clusterhub.usererror import UserError
 
 
-def _user_error(exc: profile_rules.OptionError) -> web.HTTPError:
+def _user_error(exc: UserError) -> web.HTTPError:
     error = web.HTTPError(400, str(exc))
     error.jupyterhub_message = str(exc)  # JupyterHub shows it above the re-rendered form
     return error
@@ -59,14 +60,14 @@ class SpaceSpawnerMixin(HasTraits):
     def options_from_form(self, formdata):
         try:
             return profile_rules.options_from_form(self.profiles, formdata).to_dict()
-        except profile_rules.OptionError as exc:
+        except UserError as exc:
             raise _user_error(exc) from None
 
     def space_options(self) -> profile_rules.SpaceOptions:
         """The validated options of this spawn; API spawns are checked like form spawns."""
         try:
             return profile_rules.validate_options(self.profiles, self.user_options or {})
-        except profile_rules.OptionError as exc:
+        except UserError as exc:
             raise _user_error(exc) from None
 
     def space_profile(self, options: profile_rules.SpaceOptions) -> dict:

@@ -94,10 +94,10 @@ spark.stop()
 
 
 def refused(call, status: int, *fragments: str):
-    """``call()`` must raise ClustersError with ``status`` and a message with ``fragments``."""
-    from clusterhub.labextension.errors import ClustersError
+    """``call()`` must raise UserError with ``status`` and a message with ``fragments``."""
+    from clusterhub.usererror import UserError
 
-    with pytest.raises(ClustersError) as info:
+    with pytest.raises(UserError) as info:
         call()
     assert info.value.status == status, info.value.message
     for fragment in fragments:

@@ -3,8 +3,9 @@
 import pytest
 from dask_gateway_server.backends.base import ClusterConfig
 
-from clusterhub.gateway.options import GIB, NoActiveSpace, make_cluster_options
+from clusterhub.gateway.options import GIB, make_cluster_options
 from clusterhub.space import LocalSpace
+from clusterhub.usererror import UserError
 
 
 class User:
@@ -59,7 +60,7 @@ def test_options_outside_the_profile_are_refused(space, request_options, message
 
 def test_no_cluster_without_a_running_server(space):
     space.write_state(active=False)
-    with pytest.raises(NoActiveSpace, match="has no running server"):
+    with pytest.raises(UserError, match="has no running server"):
         configuration(space, {})
 
 

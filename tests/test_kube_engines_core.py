@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from clusterhub.labextension.core import Clusters, ClustersError
+from clusterhub.labextension.core import Clusters, UserError
 from clusterhub.labextension.kube_engines import (
     InClusterApi,
     KubeIPyParallelEngine,
@@ -259,7 +259,7 @@ def test_a_notebook_pod_gets_the_kubernetes_engines(monkeypatch: pytest.MonkeyPa
     assert core.local_engines() == ["ipyparallel"]
     assert core.limits() == {"workers": 3, "worker_cores": 1, "worker_memory_gib": 1}
     assert isinstance(core._engine("ipyparallel"), KubeIPyParallelEngine)
-    with pytest.raises(ClustersError) as refused:
+    with pytest.raises(UserError) as refused:
         core.describe("spark", "default")
     assert refused.value.status == 404 and "no spark engine" in str(refused.value)
 
@@ -315,7 +315,7 @@ def test_describe_scale_and_stop_through_the_scale_subresource(
     assert admin.replicas(space) == {"ipcontroller": 0, "ipengine": 0}
     assert clusters.describe("ipyparallel", "default")["state"] == "stopped"
     patches = admin.scale_patches(cluster)
-    with pytest.raises(ClustersError) as refused:
+    with pytest.raises(UserError) as refused:
         clusters.scale("ipyparallel", "default", 1)
     assert refused.value.status == 409 and "stopped" in str(refused.value)
     assert admin.scale_patches(cluster) == patches
@@ -345,7 +345,7 @@ def test_bad_input_is_refused_and_changes_nothing(
 ) -> None:
     before = admin.replicas(space)
     patches = admin.scale_patches(cluster)
-    with pytest.raises(ClustersError) as refused:
+    with pytest.raises(UserError) as refused:
         clusters.update("ipyparallel", "default", body)
     assert refused.value.status == status
     assert words in str(refused.value)
@@ -383,7 +383,7 @@ def test_stuck_pods_and_refusals_are_reported(
     assert (
         "the Deployment spark-master is missing from namespace clusterhub-gone" in listed["error"]
     )
-    with pytest.raises(ClustersError) as refused:
+    with pytest.raises(UserError) as refused:
         gone.scale("spark", "default", 1)
     assert refused.value.status == 409 and "missing" in str(refused.value)
 
@@ -393,7 +393,7 @@ def test_stuck_pods_and_refusals_are_reported(
         credentials.base_url, token_file=str(tmp_path / "token"), ca_file=credentials.ca_file
     )
     core = Clusters(space=kube_space_from_env(env, api=wrong))
-    with pytest.raises(ClustersError) as refused:
+    with pytest.raises(UserError) as refused:
         core.describe("spark", "default")
     assert refused.value.status == 503 and "refused GET" in str(refused.value)
     assert "401" in str(refused.value)

@@ -2,12 +2,12 @@ import pytest
 
 from clusterhub.profiles import (
     DEFAULT_PROFILES,
-    OptionError,
     options_from_form,
     render_form,
     validate_options,
     validate_profiles,
 )
+from clusterhub.usererror import UserError
 
 PROFILES = validate_profiles(DEFAULT_PROFILES)
 
@@ -22,9 +22,7 @@ def test_defaults_come_from_the_default_profile():
 
 
 def test_a_chosen_profile_and_sizes_within_its_bounds():
-    options = validate_options(
-        PROFILES, {"profile": "dask-spark", "workers": "4", "worker_cores": 2}
-    )
+    options = validate_options(PROFILES, {"profile": "dask-spark", "workers": 4, "worker_cores": 2})
     assert options.to_dict() == {
         "profile": "dask-spark",
         "workers": 4,
@@ -48,15 +46,25 @@ def test_a_chosen_profile_and_sizes_within_its_bounds():
     ],
 )
 def test_bad_choices_name_the_field_and_the_allowed_range(options, message):
-    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_options(PROFILES, options)
 
 
 def test_form_data_ignores_hub_fields_and_needs_single_values():
     form = {"_xsrf": ["token"], "profile": ["dask-ipyparallel"], "workers": ["3"]}
     assert options_from_form(PROFILES, form).workers == 3
-    with pytest.raises(OptionError, match="workers: must be given exactly once"):
+    with pytest.raises(UserError, match="workers: must be given exactly once") as refused:
         options_from_form(PROFILES, {"workers": ["1", "2"]})
+    assert (refused.value.field, refused.value.status) == ("workers", 400)
+
+
+def test_a_form_field_is_text_but_an_api_body_carries_numbers():
+    """One validator, told where the value came from: the form's "3" is three workers, an
+    API body's "3" is a client's bug."""
+    assert options_from_form(PROFILES, {"workers": [" 3 "]}).workers == 3
+    with pytest.raises(UserError, match="workers: must be a whole number from 0 to 8, not '3'"):
+        validate_options(PROFILES, {"workers": "3"})
+    assert validate_options(PROFILES, {"workers": 3}).workers == 3
 
 
 def test_the_form_offers_every_profile_and_bounds_the_numbers():

@@ -118,11 +118,12 @@ def test_a_proxy_command_that_does_not_exist(tmp_path):
 
 
 def test_missing_proxy(tmp_path, monkeypatch):
-    from clusterhub.up import UsageError, find_proxy
+    from clusterhub.up import find_proxy
+    from clusterhub.usererror import UserError
 
     monkeypatch.setenv("PATH", bin_dir_with(tmp_path, "node"))
     monkeypatch.delenv("CLUSTERHUB_PROXY_COMMAND", raising=False)
-    with pytest.raises(UsageError, match="configurable-http-proxy is not installed: run `npm"):
+    with pytest.raises(UserError, match="configurable-http-proxy is not installed: run `npm"):
         find_proxy(checkout_dir=str(tmp_path))
 
 

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from ..accounts import BUILD_ACCOUNT, AccountError, check_build_account_name, closed_to_others
 from ..settings import default_data_dir
+from ..usererror import UserError
 from .environments import BuildLocked
 from .source import SourceError, check_source
 from .steps import BuildError, tail
@@ -26,10 +27,6 @@ DEFAULTS = {
 }
 
 
-class UsageError(ValueError):
-    pass
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -38,40 +35,40 @@ def check_flags(args) -> None:
     if args.mode == "local":
         for name in KUBERNETES_ONLY:
             if getattr(args, name) != DEFAULTS[name]:
-                raise UsageError(f"{_flag(name)} is for --mode kubernetes only")
+                raise UserError(f"{_flag(name)} is for --mode kubernetes only")
         try:
             check_build_account_name(args.build_account)
         except ValueError as exc:
-            raise UsageError(str(exc)) from None
+            raise UserError(str(exc)) from None
         return
     if args.data_dir:
-        raise UsageError("--data-dir is for --mode local only")
+        raise UserError("--data-dir is for --mode local only")
     if args.build_account != BUILD_ACCOUNT:
-        raise UsageError("--build-account is for --mode local only")
+        raise UserError("--build-account is for --mode local only")
     if not _IMAGE_NAME.fullmatch(args.image_prefix):
-        raise UsageError(
+        raise UserError(
             f"--image-prefix: {args.image_prefix!r} is not an image name (lowercase letters, "
             "digits, . _ - and / between parts)"
         )
     if args.tag and not _TAG.fullmatch(args.tag):
-        raise UsageError(
+        raise UserError(
             f"--tag: {args.tag!r} is not a Docker tag (1-128 of letters, digits, _ . -, "
             "not starting with . or -)"
         )
     if args.values_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.values_file))):
-        raise UsageError(f"--values-file: the directory of {args.values_file} does not exist")
+        raise UserError(f"--values-file: the directory of {args.values_file} does not exist")
 
 
 def resolve_data_dir(path: str | None) -> str:
     path = os.path.abspath(os.path.expanduser(path or default_data_dir()))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--data-dir: {path} is not a directory")
+        raise UserError(f"--data-dir: {path} is not a directory")
     if os.path.isdir(path) and not os.access(path, os.W_OK):
-        raise UsageError(f"--data-dir: cannot write to {path}")
+        raise UserError(f"--data-dir: cannot write to {path}")
     reached = path if os.path.isdir(path) else os.path.dirname(path)
     blocked = closed_to_others(reached) if os.geteuid() == 0 else None
     if blocked:
-        raise UsageError(
+        raise UserError(
             f"--data-dir: the build account cannot reach {path}: {blocked} is closed to other "
             f"users. Use the platform's data dir (as root: {default_data_dir()})"
         )
@@ -85,7 +82,7 @@ def run_build(args, out: TextIO | None = None, err: TextIO | None = None) -> int
         check_flags(args)
         source = check_source(args.source, args.ref)
         data_dir = resolve_data_dir(args.data_dir) if args.mode == "local" else ""
-    except (UsageError, SourceError) as exc:
+    except (UserError, SourceError) as exc:
         print(f"clusterhub build: error: {exc}", file=err)
         return 2
     if args.mode == "kubernetes":

@@ -5,9 +5,10 @@ implementation per engine here; the Kubernetes implementations scale
 Deployments in the user's namespace instead of processes.
 """
 
-from .base import Engine, EngineError, EngineStatus
+from ..usererror import NOT_FOUND, UserError
+from .base import Engine, EngineStatus
 
-__all__ = ["Engine", "EngineError", "EngineStatus", "local_engine"]
+__all__ = ["Engine", "EngineStatus", "local_engine"]
 
 
 def local_engine(kind: str, space, **kwargs) -> Engine:
@@ -20,4 +21,8 @@ def local_engine(kind: str, space, **kwargs) -> Engine:
         from .local_ipyparallel import LocalIPyParallelEngine
 
         return LocalIPyParallelEngine(space, **kwargs)
-    raise EngineError(f"engine: unknown engine {kind!r}; choose spark or ipyparallel")
+    raise UserError(
+        f"engine: unknown engine {kind!r}; choose spark or ipyparallel",
+        field="engine",
+        status=NOT_FOUND,
+    )

@@ -6,10 +6,6 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 
-class EngineError(RuntimeError):
-    """An engine could not do what was asked; the message is safe to show to the user."""
-
-
 @dataclass
 class EngineStatus:
     engine: str

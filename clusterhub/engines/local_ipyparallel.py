@@ -11,7 +11,8 @@ import os
 
 from .. import procs
 from ..space import LocalSpace, read_json, write_json_atomic
-from .base import EngineError, EngineStatus, SerialisedEngine
+from ..usererror import CONFLICT, UserError
+from .base import EngineStatus, SerialisedEngine
 
 CONTROLLER_START_TIMEOUT = 60
 
@@ -106,16 +107,19 @@ class LocalIPyParallelEngine(SerialisedEngine):
                 CONTROLLER_START_TIMEOUT,
             )
             if not ready or not record.is_running():
-                raise EngineError(
+                raise UserError(
                     "the IPyParallel controller did not start; see "
-                    + self.space.path("ipyparallel", "logs", "controller.log")
+                    + self.space.path("ipyparallel", "logs", "controller.log"),
+                    status=CONFLICT,
                 )
         self._scale(workers)
 
     def _scale(self, workers: int) -> None:
         state = self._state()
         if self._controller(state) is None:
-            raise EngineError("IPyParallel is not running in this space; start it first")
+            raise UserError(
+                "IPyParallel is not running in this space; start it first", status=CONFLICT
+            )
         engines = self._live_engines(state)
         if len(engines) < workers:
             for _ in range(workers - len(engines)):

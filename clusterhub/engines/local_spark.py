@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import procs
 from ..ports import free_port
 from ..space import LocalSpace, read_json, write_json_atomic
-from .base import EngineError, EngineStatus, SerialisedEngine
+from ..usererror import CONFLICT, UserError
+from .base import EngineStatus, SerialisedEngine
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -33,8 +34,9 @@ def spark_home() -> str:
     try:
         from pyspark.find_spark_home import _find_spark_home
     except ImportError as exc:
-        raise EngineError(
-            "Spark is not installed: install clusterhub with the 'spark' extra (pyspark)"
+        raise UserError(
+            "Spark is not installed: install clusterhub with the 'spark' extra (pyspark)",
+            status=CONFLICT,
         ) from exc
     return _find_spark_home()
 
@@ -136,9 +138,10 @@ class LocalSparkEngine(SerialisedEngine):
             text=True,
         )
         if result.returncode != 0 or "failed to launch" in result.stdout:
-            raise EngineError(
+            raise UserError(
                 f"Spark {cls.rsplit('.', 1)[-1]} {instance} failed to start: "
-                f"{(result.stdout + result.stderr).strip()[-800:]}"
+                f"{(result.stdout + result.stderr).strip()[-800:]}",
+                status=CONFLICT,
             )
 
     def _write_client_conf(self, state: dict) -> None:
@@ -195,7 +198,7 @@ class LocalSparkEngine(SerialisedEngine):
     def _start(self, workers: int) -> None:
         reason = java_missing_reason()
         if reason:
-            raise EngineError(reason)
+            raise UserError(reason, status=CONFLICT)
         self.prepare()
         if self._record(MASTER_CLASS, 1) is None:
             state = self._state()
@@ -225,7 +228,7 @@ class LocalSparkEngine(SerialisedEngine):
     def _scale(self, workers: int) -> None:
         state = self._state()
         if not state or self._record(MASTER_CLASS, 1) is None:
-            raise EngineError("Spark is not running in this space; start it first")
+            raise UserError("Spark is not running in this space; start it first", status=CONFLICT)
         running = self._running_instances()
         if len(running) < workers:
             free = [i for i in range(1, workers + len(running) + 1) if i not in running]
