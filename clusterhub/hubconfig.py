@@ -147,6 +147,9 @@ def _configure_local(c, settings: PlatformSettings) -> None:
                 "url": f"http://127.0.0.1:{settings.gateway_http_port}",
                 "api_token": settings.gateway_api_token,
                 "display": False,
+                # Its dashboards log users in through the hub (gateway/dashboards.py): the
+                # platform's own service needs no "authorize access" page.
+                "oauth_no_confirm": True,
             }
         )
         return
@@ -166,6 +169,9 @@ def _configure_local(c, settings: PlatformSettings) -> None:
                 admission.SOCKET_ENV: os.environ.get(admission.SOCKET_ENV, ""),
             },
             "display": False,
+            # Its dashboards log users in through the hub (gateway/dashboards.py): the
+            # platform's own service needs no "authorize access" page.
+            "oauth_no_confirm": True,
         }
     )
 
@@ -224,6 +230,9 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
             "name": GATEWAY_SERVICE,
             "url": kube["gateway_url"].split("/services/")[0],
             "display": False,
+            # Its dashboards log users in through the hub (gateway/dashboards.py): the
+            # platform's own service needs no "authorize access" page.
+            "oauth_no_confirm": True,
         }
         if os.environ.get(GATEWAY_TOKEN_ENV):
             service["api_token"] = os.environ[GATEWAY_TOKEN_ENV]

@@ -17,6 +17,8 @@ from dask_gateway_server import models
 from dask_gateway_server.auth import JupyterHubAuthenticator
 from dask_gateway_server.routes import api_handler
 
+from .dashboards import DashboardGate
+
 ADMIN_CLUSTERS_ROUTE = "/api/v1/admin/clusters/"
 
 
@@ -51,6 +53,8 @@ class HubAuthenticator(JupyterHubAuthenticator):
     async def setup(self, app: web.Application) -> None:
         await super().setup(app)
         app.router.add_get(ADMIN_CLUSTERS_ROUTE, list_all_clusters)
+        # The dashboards' login is the hub's, as this service (see dashboards.py).
+        DashboardGate(self.jupyterhub_api_token, self.jupyterhub_api_url, self.log).install(app)
 
     async def authenticate(self, request):
         user = await super().authenticate(request)

@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 
-from clusterhub.settings import GATEWAY_PREFIX, PlatformSettings
+from clusterhub.settings import GATEWAY_PREFIX, GATEWAY_SERVICE, PlatformSettings
 from clusterhub.space import LocalSpace
 from clusterhub.spawner.kubeobjects import pull_secret_names
 
@@ -57,6 +57,8 @@ def configure_gateway(c, settings: PlatformSettings) -> None:
     # JupyterHub hands a managed service its token and API URL in the environment (the
     # Helm chart sets the same variables in the gateway pod).
     c.HubAuthenticator.jupyterhub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    # Tokens must carry access to this service (upstream accepts any hub token otherwise).
+    c.HubAuthenticator.jupyterhub_service_name = GATEWAY_SERVICE
     c.HubAuthenticator.jupyterhub_api_url = os.environ.get(
         "JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub_port}/hub/api"
     )

@@ -43,6 +43,7 @@ from clusterhub.spawner import kubeobjects as k
 from clusterhub.usererror import CONFLICT, UserError
 
 from . import kubeobjects as g
+from .dashboards import DashboardRoutes
 from .options import bounded_options
 
 _FINISHED = ("Succeeded", "Failed")
@@ -92,7 +93,7 @@ class KubeSpaceClusterConfig(ClusterConfig):
         return ["dask-gateway-worker"]
 
 
-class KubeSpaceBackend(DBBackendBase):
+class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
     cluster_config_class = Type(
         "clusterhub.gateway.kube.KubeSpaceClusterConfig",
         klass="dask_gateway_server.backends.base.ClusterConfig",

@@ -38,10 +38,11 @@ from clusterhub import admission
 from clusterhub.accounts import identity_of
 from clusterhub.space import LocalSpace
 
+from .dashboards import DashboardRoutes
 from .warm_pool import WarmInterpreterPool
 
 
-class LocalSpaceBackend(UnsafeLocalBackend):
+class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
     data_dir = Unicode(
         config=True,
         help="The platform's data dir; each user's space is below it (see clusterhub.space).",

@@ -17,11 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
-import tempfile
 
 import pytest
+from chromium import chromium
 from hubclient import BrowserUser, running_platform
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -29,16 +28,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "grace"
 TASKS = 300
-# Playwright cannot fetch its own browser here: it drives the system's (apt-get install chromium).
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 # Generous: JupyterLab's first load and a cluster start share two cores with the platform.
 SLOW = 120_000  # ms
 
@@ -87,33 +76,16 @@ def user(platform):
 
 
 @pytest.fixture
-def page(platform, tmp_path, request):
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "needs chromium: apt-get install -y chromium"
-    home = tmp_path / "browser-home"
-    home.mkdir()
-    # Chromium's singleton socket lives in TMPDIR, and a socket path has at most 107 bytes:
-    # pytest's own (per-worker) directories are too deep.
-    short_tmp = tempfile.mkdtemp(prefix="chr-")
-    request.addfinalizer(lambda: shutil.rmtree(short_tmp, ignore_errors=True))
-    env = {**os.environ, "HOME": str(home), "TMPDIR": short_tmp}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True, env=env
-        )
-        try:
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            page = context.new_page()
-            page.set_default_timeout(SLOW)
-            # The page's console goes with the screenshots: the first place to look on failure.
-            console = open(os.path.join(output_dir(), "console.log"), "w")  # noqa: SIM115
-            page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
-            page.on("pageerror", lambda e: console.write(f"pageerror: {e}\n"))
-            yield page
-        finally:
-            browser.close()
-            console.close()
+def page(platform, tmp_path):
+    # The page's console goes with the screenshots: the first place to look on failure.
+    console_log = os.path.join(output_dir(), "console.log")
+    with open(console_log, "w") as console, chromium(tmp_path / "browser-home") as browser:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(SLOW)
+        page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
+        page.on("pageerror", lambda e: console.write(f"pageerror: {e}\n"))
+        yield page
 
 
 def shot(page, name: str) -> None:
