@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .engines import OPTIONAL_ENGINES
 from .usererror import UserError, number, whole_number
-
-ENGINES = ("spark", "ipyparallel")
 
 # The sizes a user may choose, with the absolute bounds an admin may set them within.
 SIZE_FIELDS = {
@@ -145,8 +144,8 @@ def validate_profiles(profiles: list[Mapping[str, Any]]) -> list[dict[str, Any]]
             raise ValueError(f"{where}.slug: {slug!r} is used by two profiles")
         seen.add(slug)
         engines = profile.get("engines", [])
-        if not isinstance(engines, list) or any(e not in ENGINES for e in engines):
-            raise ValueError(f"{where}.engines: must be a list drawn from {list(ENGINES)}")
+        if not isinstance(engines, list) or any(e not in OPTIONAL_ENGINES for e in engines):
+            raise ValueError(f"{where}.engines: must be a list drawn from {list(OPTIONAL_ENGINES)}")
         normalised: dict[str, Any] = {
             "slug": slug,
             "display_name": str(profile.get("display_name", slug)),

@@ -24,8 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from clusterhub.engines import local_engine
-from clusterhub.profiles import ENGINES as LOCAL_ENGINES
+from clusterhub.engines import ENGINES, OPTIONAL_ENGINES, local_engine
 from clusterhub.space import LocalSpace, space_from_env
 from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
 
@@ -50,7 +49,6 @@ __all__ = [
     "task_records",
 ]
 
-ENGINES = ("dask", "spark", "ipyparallel")
 LOCAL_CLUSTER_NAME = "default"
 
 
@@ -99,7 +97,7 @@ class Clusters:
     def local_engines(self) -> list[str]:
         """The Spark/IPyParallel engines the user's profile gave this space."""
         engines = self._state().get("engines") or {}
-        return [kind for kind in LOCAL_ENGINES if kind in engines]
+        return [kind for kind in OPTIONAL_ENGINES if kind in engines]
 
     def _engine(self, kind: str) -> Any:
         space = self.space

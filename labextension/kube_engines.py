@@ -28,8 +28,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from clusterhub.engines import Engine, EngineStatus
-from clusterhub.profiles import ENGINES as OPTIONAL_ENGINES
+from clusterhub.engines import OPTIONAL_ENGINES, Engine, EngineStatus
 from clusterhub.profiles import SIZE_FIELDS
 from clusterhub.spawner import kubeobjects as ko
 from clusterhub.spawner.kubespace import LIMITS_ENV

@@ -8,7 +8,11 @@ Deployments in the user's namespace instead of processes.
 from ..usererror import NOT_FOUND, UserError
 from .base import Engine, EngineStatus
 
-__all__ = ["Engine", "EngineStatus", "local_engine"]
+__all__ = ["ENGINES", "OPTIONAL_ENGINES", "Engine", "EngineStatus", "local_engine"]
+
+# What a profile may add to a space (Dask is always there), and every kind of cluster.
+OPTIONAL_ENGINES = ("spark", "ipyparallel")
+ENGINES = ("dask", *OPTIONAL_ENGINES)
 
 
 def local_engine(kind: str, space, **kwargs) -> Engine:
