@@ -7,7 +7,7 @@ One real cluster (a ``dask scheduler`` and ``dask worker`` processes on loopback
 both measurements:
 
 1. throughput: a map of ``--tasks`` tiny tasks, timed with the records plugin
-   (``clusterhub.labextension.dask_records.TaskRecordsPlugin``) registered and without
+   (``clusterhub.engines.dask_records.TaskRecordsPlugin``) registered and without
    it, alternating for ``--rounds`` rounds; prints the median of each and their ratio
    (goal: at most 1.03).
 2. idle polling: the scheduler process's CPU time over ``--window`` seconds of an idle
@@ -30,8 +30,8 @@ import time
 import psutil
 from distributed import Client
 
+from clusterhub.engines.dask_records import PLUGIN_NAME, TaskRecordsPlugin, collect_records
 from clusterhub.labextension.dask_clusters import RECORDS_LIMIT
-from clusterhub.labextension.dask_records import PLUGIN_NAME, TaskRecordsPlugin, collect_records
 
 # The sidebar's paces (labextension/src/panel.ts: TASKS_BACKOFF, LIST_BACKOFF), in seconds.
 TASKS_FAST, TASKS_IDLE = 1.0, 10.0
@@ -206,7 +206,7 @@ def plugin_cpu_per_task(tasks: int = 100_000) -> float:
     """
     from collections import deque
 
-    from clusterhub.labextension.dask_records import TaskRecordsPlugin
+    from clusterhub.engines.dask_records import TaskRecordsPlugin
 
     plugin = TaskRecordsPlugin()
     plugin.records, plugin.sequence = deque(maxlen=plugin.capacity), 0  # what start() makes

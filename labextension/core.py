@@ -25,14 +25,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from clusterhub.engines import ENGINES, OPTIONAL_ENGINES, local_engine
+from clusterhub.engines.ipyparallel_records import IPyParallelRecords
+from clusterhub.engines.kube import KubeSpace, kube_engine, kube_space_from_env
+from clusterhub.engines.spark_records import SparkRecords
 from clusterhub.space import LocalSpace, space_from_env
 from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
 
 from .dask_clusters import RECORDS_LIMIT, DaskClusters, GatewayLike
 from .errors import adapt_bounds, cursor, profile_limits, worker_count
-from .ipyparallel_records import IPyParallelRecords
-from .kube_engines import KubeSpace, kube_engine, kube_space_from_env
-from .spark_records import SparkRecords
 from .task_places import place_tasks, this_machine
 
 __all__ = [

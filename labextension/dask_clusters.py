@@ -196,7 +196,7 @@ class DaskClusters:
                     ) from exc
                 self._clients[report.name] = client
             if report.name not in self._armed:
-                from .dask_records import TaskRecordsPlugin
+                from clusterhub.engines.dask_records import TaskRecordsPlugin
 
                 # Recording starts here unless the scheduler preloaded the plugin already.
                 try:
@@ -305,7 +305,7 @@ class DaskClusters:
 
     # -- task records ------------------------------------------------------------------------
     def task_records(self, name: str, since: float | None) -> dict[str, Any]:
-        from .dask_records import collect_records
+        from clusterhub.engines.dask_records import collect_records
 
         client = self.client(self.report(name))
         since_sequence = int(since) if since is not None else 0

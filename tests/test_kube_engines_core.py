@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 import requests
 
-from clusterhub.labextension.core import Clusters, UserError
-from clusterhub.labextension.kube_engines import (
+from clusterhub.engines.kube import (
     InClusterApi,
     KubeIPyParallelEngine,
     KubeSpace,
     kube_space_from_env,
 )
+from clusterhub.labextension.core import Clusters, UserError
 from clusterhub.profiles import validate_options, validate_profiles
 from clusterhub.spawner import kubeobjects as ko
 from clusterhub.spawner.kubespace import (

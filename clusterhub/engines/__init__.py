@@ -1,8 +1,10 @@
 """Engines a user's space can hold besides Dask: Spark and IPyParallel.
 
-One small interface (:class:`~clusterhub.engines.base.Engine`), with a local
-implementation per engine here; the Kubernetes implementations scale
-Deployments in the user's namespace instead of processes.
+One small interface (:class:`~clusterhub.engines.base.Engine`), one module per substrate:
+``local_spark`` and ``local_ipyparallel`` run processes on this machine, ``kube`` scales
+the Deployments in the user's namespace. ``spark_records`` and ``ipyparallel_records`` read
+which host ran each task, whichever substrate ran it; ``dask_records`` does the same for the
+Dask clusters, which the gateway runs.
 """
 
 from ..usererror import NOT_FOUND, UserError

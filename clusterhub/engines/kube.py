@@ -28,11 +28,13 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from clusterhub.engines import OPTIONAL_ENGINES, Engine, EngineStatus
 from clusterhub.profiles import SIZE_FIELDS
 from clusterhub.spawner import kubeobjects as ko
 from clusterhub.spawner.kubespace import LIMITS_ENV
 from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
+
+from . import OPTIONAL_ENGINES
+from .base import Engine, EngineStatus
 
 __all__ = [
     "InClusterApi",

@@ -9,7 +9,7 @@ costs one tuple append on the scheduler's hot path and nothing on the workers.
 This module imports nothing but the standard library and ``distributed``,
 because the scheduler unpickles the plugin by reference: it must be importable
 wherever the scheduler runs (the cluster image is the notebook image). It can
-also be preloaded (``dask scheduler --preload clusterhub.labextension.dask_records``)
+also be preloaded (``dask scheduler --preload clusterhub.engines.dask_records``)
 so that recording starts with the first task instead of with the first look
 from the sidebar.
 """
