@@ -1,17 +1,10 @@
-import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { formatDuration, HostTally } from './hosts';
-import {
-  ICluster,
-  IClustersAnswer,
-  ILimits,
-  ITasksAnswer,
-  clusterKey,
-  clusterPath,
-  formatBytes
-} from './model';
+import { ClusterCard } from './card';
+import { el, errorText } from './dom';
+import { HostsView } from './hostsview';
+import { ICluster, IClustersAnswer, ILimits, clusterKey } from './model';
 import { IBackoff, Poller } from './poller';
 import { requestAPI, sendJSON } from './request';
 
@@ -19,289 +12,6 @@ import { requestAPI, sendJSON } from './request';
 export const LIST_BACKOFF: IBackoff = { interval: 2000, max: 30000, growth: 2 };
 /** The hostnames view: every second while tasks arrive, every 10 s when idle. */
 export const TASKS_BACKOFF: IBackoff = { interval: 1000, max: 10000, growth: 2 };
-
-const ENGINE_LABELS: Record<string, string> = {
-  dask: 'Dask',
-  spark: 'Spark',
-  ipyparallel: 'IPyParallel'
-};
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  attributes: Record<string, string> = {},
-  ...children: (Node | string)[]
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attributes)) {
-    node.setAttribute(name, value);
-  }
-  node.append(...children);
-  return node;
-}
-
-function plural(n: number, word: string): string {
-  return `${n} ${word}${n === 1 ? '' : 's'}`;
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-/** One cluster's card: built once, its text updated on every refresh. */
-class ClusterCard {
-  readonly node: HTMLLIElement;
-  cluster: ICluster;
-  /** True while the user edits a number: refreshes then leave the inputs alone. */
-  edited = false;
-  adaptive = false;
-
-  constructor(
-    cluster: ICluster,
-    private readonly panel: ClustersPanel
-  ) {
-    this.cluster = cluster;
-    const dask = cluster.engine === 'dask';
-    this.node = el('li', { class: 'jp-ClusterHub-cluster' });
-    this._title = el('span', { class: 'jp-ClusterHub-name' });
-    this._state = el('span', { class: 'jp-ClusterHub-state' });
-    this._stats = el('div', { class: 'jp-ClusterHub-stats' });
-    this._error = el('div', { class: 'jp-ClusterHub-clusterError' });
-    this._waiting = el('div', { class: 'jp-ClusterHub-waiting', role: 'status' });
-    this._workers = el('input', {
-      type: 'number',
-      min: '0',
-      step: '1',
-      class: 'jp-ClusterHub-workersInput',
-      'aria-label': 'Workers'
-    });
-    this._scale = el('button', { class: 'jp-mod-styled jp-mod-accept' }, 'Scale');
-    this._adapt = el('input', { type: 'checkbox', 'aria-label': 'Adaptive' });
-    this._minimum = el('input', {
-      type: 'number',
-      min: '0',
-      step: '1',
-      'aria-label': 'Adaptive minimum'
-    });
-    this._maximum = el('input', {
-      type: 'number',
-      min: '0',
-      step: '1',
-      'aria-label': 'Adaptive maximum'
-    });
-    this._applyAdapt = el('button', { class: 'jp-mod-styled' }, 'Apply');
-    this._dashboard = el(
-      'a',
-      { class: 'jp-ClusterHub-dashboard', target: '_blank', rel: 'noopener' },
-      'Dashboard'
-    );
-    this._hosts = el('button', { class: 'jp-mod-styled' }, 'Hostnames');
-    this._stop = el('button', { class: 'jp-mod-styled jp-mod-warn' }, 'Stop');
-
-    const head = el(
-      'div',
-      { class: 'jp-ClusterHub-head' },
-      el(
-        'span',
-        { class: `jp-ClusterHub-engine jp-ClusterHub-engine-${cluster.engine}` },
-        ENGINE_LABELS[cluster.engine] ?? cluster.engine
-      ),
-      this._title,
-      this._state
-    );
-    const scaleRow = el(
-      'div',
-      { class: 'jp-ClusterHub-row' },
-      el('label', {}, 'Workers ', this._workers),
-      this._scale
-    );
-    const adaptRow = el(
-      'div',
-      { class: 'jp-ClusterHub-row jp-ClusterHub-adapt' },
-      el('label', {}, this._adapt, ' Adaptive'),
-      el('label', {}, 'min ', this._minimum),
-      el('label', {}, 'max ', this._maximum),
-      this._applyAdapt
-    );
-    const actions = el(
-      'div',
-      { class: 'jp-ClusterHub-row jp-ClusterHub-actions' },
-      this._dashboard,
-      this._hosts,
-      this._stop
-    );
-    this.node.append(head, this._stats, this._waiting, this._error, scaleRow);
-    if (dask) {
-      this.node.append(adaptRow);
-    }
-    this.node.append(actions);
-
-    for (const input of [this._workers, this._minimum, this._maximum]) {
-      input.addEventListener('input', () => (this.edited = true));
-      input.addEventListener('keydown', event => {
-        if (event.key === 'Enter') {
-          (input === this._workers ? this._scale : this._applyAdapt).click();
-        }
-      });
-    }
-    this._adapt.addEventListener('change', () => {
-      this.edited = true;
-      this._syncAdapt();
-    });
-    this._scale.addEventListener('click', () => this._onScale());
-    this._applyAdapt.addEventListener('click', () => this._onAdapt());
-    this._hosts.addEventListener('click', () => panel.select(this.cluster));
-    this._stop.addEventListener('click', () => this._onStop());
-    this.node.addEventListener('click', event => {
-      if ((event.target as HTMLElement).closest('input, button, a, label') === null) {
-        panel.select(this.cluster);
-      }
-    });
-  }
-
-  update(cluster: ICluster, limits: ILimits | null, selected: boolean): void {
-    this.cluster = cluster;
-    const running = cluster.state === 'running';
-    this.node.dataset.cluster = clusterKey(cluster);
-    this.node.dataset.state = cluster.state;
-    this.node.dataset.workers = String(cluster.workers);
-    this.node.classList.toggle('jp-mod-selected', selected);
-    this._title.textContent = cluster.name ?? '';
-    this._title.title = cluster.name ?? '';
-    this._state.textContent = cluster.state;
-    this._state.dataset.state = cluster.state;
-    const parts = [plural(cluster.workers, 'worker'), plural(cluster.cores, 'core')];
-    if (cluster.memory !== null && cluster.memory !== undefined) {
-      parts.push(formatBytes(cluster.memory));
-    }
-    if (
-      cluster.requested_workers !== null &&
-      cluster.requested_workers !== undefined &&
-      cluster.requested_workers !== cluster.workers
-    ) {
-      parts.push(`${cluster.requested_workers} requested`);
-    }
-    this._stats.textContent = parts.join(' · ');
-    this._error.textContent = cluster.error ?? '';
-    this._error.hidden = !cluster.error;
-    this._waiting.textContent = cluster.waiting ?? '';
-    this._waiting.hidden = !cluster.waiting;
-    const max = String(limits?.workers ?? 64);
-    for (const input of [this._workers, this._minimum, this._maximum]) {
-      input.max = max;
-    }
-    if (!this.edited && document.activeElement !== this._workers) {
-      this._workers.value = String(cluster.requested_workers ?? cluster.workers);
-      if (this._maximum.value === '') {
-        this._minimum.value = '0';
-        this._maximum.value = max;
-      }
-    }
-    if (cluster.dashboard) {
-      this._dashboard.href = cluster.dashboard;
-      this._dashboard.hidden = false;
-    } else {
-      this._dashboard.hidden = true;
-    }
-    const busy = this._busy;
-    this._scale.disabled = busy || !running || this.adaptive;
-    this._workers.disabled = busy || !running || this.adaptive;
-    this._stop.disabled = busy || cluster.state === 'unavailable' || cluster.name === null;
-    this._hosts.disabled = !running;
-    this._adapt.checked = this.adaptive;
-    this._adapt.disabled = busy || !running;
-    this._syncAdapt();
-  }
-
-  private _syncAdapt(): void {
-    const running = this.cluster.state === 'running';
-    this._minimum.disabled = this._busy || !running || !this._adapt.checked;
-    this._maximum.disabled = this._busy || !running || !this._adapt.checked;
-    this._applyAdapt.disabled =
-      this._busy || !running || (this._adapt.checked === this.adaptive && !this._adapt.checked);
-  }
-
-  private async _act(what: string, action: () => Promise<unknown>): Promise<void> {
-    this._busy = true;
-    this.node.classList.add('jp-mod-busy');
-    this.update(this.cluster, this.panel.limits, this.node.classList.contains('jp-mod-selected'));
-    try {
-      await action();
-      this.edited = false;
-      this.panel.clearError();
-    } catch (error) {
-      this.panel.showError(`${what}: ${errorText(error)}`);
-    } finally {
-      this._busy = false;
-      this.node.classList.remove('jp-mod-busy');
-      this.panel.refreshList();
-    }
-  }
-
-  private _onScale(): void {
-    const text = this._workers.value.trim();
-    const n = Number(text);
-    if (text === '' || !Number.isInteger(n)) {
-      this.panel.showError(`workers: must be a whole number, not "${text}"`);
-      return;
-    }
-    void this._act(`Scaling ${this.cluster.name}`, () =>
-      sendJSON<ICluster>(clusterPath(this.cluster), 'PUT', { workers: n })
-    );
-  }
-
-  private _onAdapt(): void {
-    if (!this._adapt.checked) {
-      // Turning adaptivity off: stay at the current size, now fixed.
-      const n = this.cluster.workers;
-      void this._act(`Fixing ${this.cluster.name} at ${n} workers`, async () => {
-        await sendJSON<ICluster>(clusterPath(this.cluster), 'PUT', { workers: n });
-        this.adaptive = false;
-      });
-      return;
-    }
-    const minimum = Number(this._minimum.value);
-    const maximum = Number(this._maximum.value);
-    void this._act(`Making ${this.cluster.name} adaptive`, async () => {
-      await sendJSON<ICluster>(clusterPath(this.cluster), 'PATCH', {
-        adapt: { minimum, maximum }
-      });
-      this.adaptive = true;
-    });
-  }
-
-  private async _onStop(): Promise<void> {
-    const label = `${ENGINE_LABELS[this.cluster.engine] ?? this.cluster.engine} cluster ${
-      this.cluster.name
-    }`;
-    const answer = await showDialog({
-      title: 'Stop cluster',
-      body: `Stop the ${label}? Its workers and their results are lost.`,
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Stop' })]
-    });
-    if (!answer.button.accept) {
-      return;
-    }
-    await this._act(`Stopping ${label}`, () =>
-      requestAPI<void>(clusterPath(this.cluster), { method: 'DELETE' })
-    );
-  }
-
-  private _busy = false;
-  private _title: HTMLSpanElement;
-  private _state: HTMLSpanElement;
-  private _stats: HTMLDivElement;
-  private _error: HTMLDivElement;
-  private _waiting: HTMLDivElement;
-  private _workers: HTMLInputElement;
-  private _scale: HTMLButtonElement;
-  private _adapt: HTMLInputElement;
-  private _minimum: HTMLInputElement;
-  private _maximum: HTMLInputElement;
-  private _applyAdapt: HTMLButtonElement;
-  private _dashboard: HTMLAnchorElement;
-  private _hosts: HTMLButtonElement;
-  private _stop: HTMLButtonElement;
-}
 
 /**
  * The "Clusters" sidebar: every cluster of the user's space with its controls,
@@ -333,7 +43,7 @@ export class ClustersPanel extends Widget {
       { class: 'jp-ClusterHub-empty' },
       'No clusters yet. "New cluster" starts a Dask cluster; clusters made in a notebook appear here too.'
     );
-    this._hosts = el('section', { class: 'jp-ClusterHub-hosts' });
+    this._hosts = new HostsView();
     this.node.append(
       el('h2', { class: 'jp-ClusterHub-title' }, 'Clusters'),
       this._error,
@@ -345,7 +55,7 @@ export class ClustersPanel extends Widget {
       ),
       this._empty,
       this._list,
-      this._hosts
+      this._hosts.node
     );
     this._newButton.addEventListener('click', () => void this._onNew());
 
@@ -364,15 +74,18 @@ export class ClustersPanel extends Widget {
     });
     this._tasksPoller = new Poller({
       ...TASKS_BACKOFF,
-      tick: () => this._refreshTasks(),
+      tick: () => {
+        const key = this._hosts.selected;
+        return this._hosts.refresh(key === null ? undefined : this._cards.get(key)?.cluster);
+      },
       isStandby: standby,
       onError: (error, wait) =>
-        this._setHostsError(
+        this._hosts.setError(
           `Could not read the tasks: ${errorText(error)} (trying again in ${Math.round(
             wait / 1000
           )} s)`
         ),
-      onSuccess: () => this._setHostsError('')
+      onSuccess: () => this._hosts.setError('')
     });
     this._onVisibility = () => {
       if (!document.hidden) {
@@ -381,7 +94,6 @@ export class ClustersPanel extends Widget {
       }
     };
     document.addEventListener('visibilitychange', this._onVisibility);
-    this._renderHosts();
   }
 
   dispose(): void {
@@ -397,12 +109,7 @@ export class ClustersPanel extends Widget {
   /** Show the hostnames of one cluster's tasks. */
   select(cluster: ICluster): void {
     const key = clusterKey(cluster);
-    if (key !== this._selected) {
-      this._selected = key;
-      this._tally = new HostTally();
-      this._tasksError = '';
-      this._renderHosts();
-    }
+    this._hosts.show(key);
     for (const card of this._cards.values()) {
       card.node.classList.toggle('jp-mod-selected', clusterKey(card.cluster) === key);
     }
@@ -481,7 +188,7 @@ export class ClustersPanel extends Widget {
     try {
       const created = await sendJSON<ICluster>('clusters', 'POST', { workers });
       this.clearError();
-      this._selected = null;
+      this._hosts.show(null); // a new cluster's view starts afresh, even under an old key
       this.select(created);
     } catch (error) {
       this.showError(`New cluster: ${errorText(error)}`);
@@ -505,18 +212,18 @@ export class ClustersPanel extends Widget {
 
   private _renderList(clusters: ICluster[]): void {
     const seen = new Set<string>();
+    const selected = this._hosts.selected;
     if (
-      this._selected === null ||
-      !clusters.some(c => clusterKey(c) === this._selected && c.state === 'running')
+      selected === null ||
+      !clusters.some(c => clusterKey(c) === selected && c.state === 'running')
     ) {
       const first =
         clusters.find(c => c.engine === 'dask' && c.state === 'running') ??
         clusters.find(c => c.state === 'running');
-      if (first && clusterKey(first) !== this._selected) {
+      if (first && clusterKey(first) !== selected) {
         this.select(first);
-      } else if (!first && this._selected !== null) {
-        this._selected = null;
-        this._renderHosts();
+      } else if (!first && selected !== null) {
+        this._hosts.show(null);
       }
     }
     for (const cluster of clusters) {
@@ -527,7 +234,7 @@ export class ClustersPanel extends Widget {
         card = new ClusterCard(cluster, this);
         this._cards.set(key, card);
       }
-      card.update(cluster, this.limits, key === this._selected);
+      card.update(cluster, this.limits, key === this._hosts.selected);
       this._list.append(card.node); // keeps the server's order
     }
     for (const [key, card] of [...this._cards]) {
@@ -539,146 +246,17 @@ export class ClustersPanel extends Widget {
     this._empty.hidden = clusters.length > 0;
   }
 
-  private async _refreshTasks(): Promise<boolean> {
-    const key = this._selected;
-    const card = key === null ? undefined : this._cards.get(key);
-    if (key === null || !card || card.cluster.state !== 'running') {
-      return false;
-    }
-    const tally = this._tally;
-    const since = tally.cursor === undefined ? '' : `?since=${tally.cursor}`;
-    const answer = await requestAPI<ITasksAnswer>(`${clusterPath(card.cluster)}/tasks${since}`);
-    if (key !== this._selected || tally !== this._tally) {
-      return true; // the selection changed meanwhile: this answer is not for the view
-    }
-    const changed = tally.add(answer);
-    if (changed) {
-      this._renderHosts();
-    }
-    return changed;
-  }
-
-  private _setHostsError(message: string): void {
-    if (message !== this._tasksError) {
-      this._tasksError = message;
-      this._renderHosts();
-    }
-  }
-
-  private _renderHosts(): void {
-    const section = this._hosts;
-    section.replaceChildren();
-    if (this._selected === null) {
-      section.hidden = true;
-      return;
-    }
-    section.hidden = false;
-    section.dataset.cluster = this._selected;
-    const tally = this._tally;
-    const counts = tally.counts();
-    const total = tally.total();
-    const byWorker = tally.place === 'worker';
-    section.append(el('h3', {}, `${byWorker ? 'Workers' : 'Hostnames'} of ${this._selected}`));
-    if (this._tasksError) {
-      section.append(el('div', { class: 'jp-ClusterHub-error', role: 'alert' }, this._tasksError));
-    }
-    const workers = tally.taskWorkers();
-    section.append(
-      el(
-        'p',
-        { class: 'jp-ClusterHub-summary' },
-        total === 0
-          ? 'No tasks yet: run a computation on this cluster.'
-          : `${plural(total, 'task')} on ${plural(counts.length, tally.place)}` +
-              (workers && !byWorker ? `, run by ${plural(workers, 'worker')}` : '') +
-              (byWorker ? ' (they share this machine’s hostname)' : '') +
-              (tally.missed ? `, ${tally.missed} older not shown` : '')
-      )
-    );
-    const most = counts.length ? counts[0].tasks : 1;
-    const bars = el('ul', { class: 'jp-ClusterHub-hostList' });
-    for (const host of counts) {
-      const bar = el('div', { class: 'jp-ClusterHub-bar' });
-      bar.style.width = `${Math.max(2, (100 * host.tasks) / most)}%`;
-      bar.style.background = host.colour;
-      const swatch = el('span', { class: 'jp-ClusterHub-swatch' });
-      swatch.style.background = host.colour;
-      const item = el(
-        'li',
-        { class: 'jp-ClusterHub-host', 'data-hostname': host.hostname },
-        el(
-          'div',
-          { class: 'jp-ClusterHub-hostLine' },
-          swatch,
-          el('span', { class: 'jp-ClusterHub-hostname' }, host.hostname),
-          el('span', { class: 'jp-ClusterHub-count' }, String(host.tasks))
-        ),
-        bar
-      );
-      bars.append(item);
-    }
-    if (tally.pending()) {
-      bars.append(
-        el(
-          'li',
-          { class: 'jp-ClusterHub-host jp-mod-pending' },
-          `${plural(tally.pending(), 'task')} on workers whose hostname is not known yet`
-        )
-      );
-    }
-    section.append(bars);
-    const recent = tally.recent();
-    if (recent.length) {
-      const rows = el('tbody');
-      for (const record of recent) {
-        const chip = el('span', { class: 'jp-ClusterHub-chip' }, record.hostname ?? '…');
-        if (record.hostname) {
-          chip.style.background = tally.colour(record.hostname);
-        }
-        const seconds =
-          record.started !== null && record.finished !== null
-            ? formatDuration(record.finished - record.started)
-            : '';
-        rows.append(
-          el(
-            'tr',
-            { 'data-state': record.state },
-            el('td', { class: 'jp-ClusterHub-task', title: record.task }, record.task),
-            el('td', {}, chip),
-            el('td', { class: 'jp-ClusterHub-duration' }, seconds)
-          )
-        );
-      }
-      section.append(
-        el('h4', {}, 'Recent tasks'),
-        el(
-          'table',
-          { class: 'jp-ClusterHub-recent' },
-          el(
-            'thead',
-            {},
-            el('tr', {}, el('th', {}, 'task'), el('th', {}, tally.place), el('th', {}, 'time'))
-          ),
-          rows
-        )
-      );
-    }
-  }
-
   private _cards = new Map<string, ClusterCard>();
-  private _selected: string | null = null;
-  private _tally = new HostTally();
   private _lastList = '';
   private _actionError = '';
   private _pollError = '';
-  private _tasksError = '';
   private _started = false;
   private _error: HTMLDivElement;
   private _newWorkers: HTMLInputElement;
   private _newButton: HTMLButtonElement;
   private _list: HTMLUListElement;
   private _empty: HTMLParagraphElement;
-  private _hosts: HTMLElement;
+  private _hosts: HostsView;
   private _listPoller: Poller;
   private _tasksPoller: Poller;
   private _onVisibility: () => void;
