@@ -17,6 +17,15 @@ OPTIONAL_ENGINES = ("spark", "ipyparallel")
 ENGINES = ("dask", *OPTIONAL_ENGINES)
 
 
+def unknown_engine(kind: str) -> UserError:
+    """The refusal of an engine kind that is not one of OPTIONAL_ENGINES."""
+    return UserError(
+        f"engine: unknown engine {kind!r}; choose {' or '.join(OPTIONAL_ENGINES)}",
+        field="engine",
+        status=NOT_FOUND,
+    )
+
+
 def local_engine(kind: str, space, **kwargs) -> Engine:
     """The local implementation of engine ``kind`` for ``space``."""
     if kind == "spark":
@@ -27,8 +36,4 @@ def local_engine(kind: str, space, **kwargs) -> Engine:
         from .local_ipyparallel import LocalIPyParallelEngine
 
         return LocalIPyParallelEngine(space, **kwargs)
-    raise UserError(
-        f"engine: unknown engine {kind!r}; choose spark or ipyparallel",
-        field="engine",
-        status=NOT_FOUND,
-    )
+    raise unknown_engine(kind)

@@ -31,9 +31,9 @@ from typing import Any
 from clusterhub.profiles import SIZE_FIELDS
 from clusterhub.spawner import kubeobjects as ko
 from clusterhub.spawner.kubespace import LIMITS_ENV
-from clusterhub.usererror import CONFLICT, NOT_FOUND, UNAVAILABLE, UserError
+from clusterhub.usererror import CONFLICT, UNAVAILABLE, UserError
 
-from . import OPTIONAL_ENGINES
+from . import OPTIONAL_ENGINES, unknown_engine
 from .base import Engine, EngineStatus
 
 __all__ = [
@@ -406,8 +406,4 @@ def kube_engine(kind: str, space: KubeSpace, **kwargs: Any) -> KubeEngine:
         return KubeSparkEngine(space, **kwargs)
     if kind == "ipyparallel":
         return KubeIPyParallelEngine(space, **kwargs)
-    raise UserError(
-        f"engine: unknown engine {kind!r}; choose spark or ipyparallel",
-        field="engine",
-        status=NOT_FOUND,
-    )
+    raise unknown_engine(kind)
