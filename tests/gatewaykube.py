@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+import pytest
 import requests
 from hubclient import free_port, wait_until_healthy
 from test_kube_spawner import HUB_NAMESPACE, Kubectl, RunningKubeHub, chart_rbac
@@ -276,3 +277,16 @@ def running_gateway_hub(cluster, root: str, **kube_settings) -> Iterator[Gateway
         yield running
     finally:
         running.stop()
+
+
+# The module fixtures of every gateway test module on the emulator; each module brings its
+# own ``cluster`` (the emulator and kubelet, with the images it needs).
+@pytest.fixture(scope="module", name="kubectl")
+def kubectl_fixture(cluster) -> Kubectl:
+    return Kubectl(cluster)
+
+
+@pytest.fixture(scope="module", name="hub")
+def hub_fixture(cluster, tmp_path_factory) -> Iterator[GatewayHub]:
+    with running_gateway_hub(cluster, str(tmp_path_factory.mktemp("gatewayhub"))) as running:
+        yield running

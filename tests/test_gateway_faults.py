@@ -14,8 +14,15 @@ import time
 
 import psutil
 import pytest
-from gatewaykube import GatewayProcess, cluster_pods, running_gateway_hub, running_kube_cluster
-from test_kube_spawner import Kubectl, spawn
+from gatewaykube import (
+    GatewayProcess,
+    cluster_pods,
+    hub_fixture,  # noqa: F401  (the module's hub)
+    kubectl_fixture,  # noqa: F401  (and kubectl)
+    running_gateway_hub,
+    running_kube_cluster,
+)
+from test_kube_spawner import spawn
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,17 +51,6 @@ def cluster():
         },
     ) as kube:
         yield kube
-
-
-@pytest.fixture(scope="module")
-def kubectl(cluster):
-    return Kubectl(cluster)
-
-
-@pytest.fixture(scope="module")
-def hub(cluster, tmp_path_factory):
-    with running_gateway_hub(cluster, str(tmp_path_factory.mktemp("faultshub"))) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

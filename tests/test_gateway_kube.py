@@ -18,10 +18,11 @@ from gatewaykube import (
     IMAGE_ENTRYPOINTS,
     GatewayProcess,
     cluster_pods,
-    running_gateway_hub,
+    hub_fixture,  # noqa: F401  (the module's hub)
+    kubectl_fixture,  # noqa: F401  (and kubectl)
     running_kube_cluster,
 )
-from test_kube_spawner import Kubectl, spawn
+from test_kube_spawner import spawn
 
 from tests.kube.fixtures import uts_available
 
@@ -55,17 +56,6 @@ def cluster():
         "kube-gateway-", uts=True, image_entrypoints=IMAGE_ENTRYPOINTS
     ) as kube:
         yield kube
-
-
-@pytest.fixture(scope="module")
-def kubectl(cluster):
-    return Kubectl(cluster)
-
-
-@pytest.fixture(scope="module")
-def hub(cluster, tmp_path_factory):
-    with running_gateway_hub(cluster, str(tmp_path_factory.mktemp("gatewayhub"))) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
