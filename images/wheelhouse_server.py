@@ -23,7 +23,10 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 def bind(directory: str) -> ThreadingHTTPServer:
     handler = functools.partial(QuietHandler, directory=directory)
-    first = 20000 + zlib.crc32(directory.encode()) % 20000
+    # Above Linux's default ephemeral range (32768-60999), and so above the ports a
+    # platform chooses for itself (below it): a port of those, taken at that moment by a
+    # test's platform, would cost the whole layer cache.
+    first = 61000 + zlib.crc32(directory.encode()) % 4000
     for port in [*range(first, first + 20), 0]:  # 0: any free port, as a last resort
         try:
             return ThreadingHTTPServer(("127.0.0.1", port), handler)
