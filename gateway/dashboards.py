@@ -72,6 +72,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _mac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
 class DashboardGate:
     """The gate's routes on the gateway's aiohttp app (see the module's docstring)."""
 
@@ -79,8 +83,8 @@ class DashboardGate:
         if not secret:
             raise ValueError("the dashboard gate needs the gateway's hub API token")
         root = hashlib.sha256(b"clusterhub dashboards\0" + secret.encode()).digest()
-        self._view_root = hmac.new(root, b"view", hashlib.sha256).digest()
-        self._cookie_root = hmac.new(root, b"cookie", hashlib.sha256).digest()
+        self._view_root = _mac(root, b"view")
+        self._cookie_root = _mac(root, b"cookie")
         self.hub_api_url = hub_api_url.rstrip("/")
         self.client_secret = secret
         self.log = log
@@ -104,19 +108,17 @@ class DashboardGate:
 
     # -- keys and signed cookies ----------------------------------------------------------
     def view_key(self, cluster: str) -> str:
-        return _b64(hmac.new(self._view_root, cluster.encode(), hashlib.sha256).digest())
+        return _b64(_mac(self._view_root, cluster.encode()))
 
     def _sign(self, payload: dict[str, Any]) -> str:
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
-        mac = _b64(hmac.new(self._cookie_root, body.encode(), hashlib.sha256).digest())
-        return f"{body}.{mac}"
+        return f"{body}.{_b64(_mac(self._cookie_root, body.encode()))}"
 
     def _unsign(self, value: str | None) -> dict[str, Any] | None:
         if not value or "." not in value:
             return None
         body, mac = value.rsplit(".", 1)
-        good = _b64(hmac.new(self._cookie_root, body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(mac, good):
+        if not hmac.compare_digest(mac, _b64(_mac(self._cookie_root, body.encode()))):
             return None
         try:
             payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -303,9 +305,10 @@ class DashboardGate:
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
-        for key in ("Sec-WebSocket-Protocol", "Sec-WebSocket-Key", "Sec-WebSocket-Version"):
-            headers.pop(key, None)
-        headers.pop("Sec-WebSocket-Extensions", None)
+        # The handshake is the client session's own, made again upstream.
+        for key in list(headers):
+            if key.lower().startswith("sec-websocket-"):
+                del headers[key]
         client = await self._client()
         try:
             upstream = await client.ws_connect(
