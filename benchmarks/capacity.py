@@ -80,11 +80,10 @@ def busy_cpu_seconds() -> float:
 PROCESS_KINDS = (
     ("jupyterhub-singleuser", "notebook servers"),
     ("ipykernel", "kernels"),
-    ("clusterhub.gateway.warm_interpreter", "dask from warm interpreters"),
-    ("multiprocessing.forkserver", "dask workers forked warm"),
+    ("clusterhub.forkserver", "dask fork server"),
     ("multiprocessing.spawn", "dask workers spawned"),
     ("dask scheduler", "dask schedulers (cold)"),
-    ("dask worker", "dask nannies (cold)"),
+    ("dask worker", "dask workers (cold)"),
     ("dask-gateway-proxy", "gateway proxy"),
     ("dask-gateway-server", "gateway"),
     ("configurable-http-proxy", "http proxy"),
@@ -94,15 +93,27 @@ PROCESS_KINDS = (
 )
 
 
+# A process forked by a fork server shows its parent's command line.
+FORKED_KINDS = {"dask fork server": "dask schedulers and workers (forked)"}
+
+
+def _kind(proc: psutil.Process) -> str:
+    cmdline = " ".join(proc.cmdline())
+    kind = next((k for part, k in PROCESS_KINDS if part in cmdline), "other")
+    if kind in FORKED_KINDS and " ".join(proc.parent().cmdline()) == cmdline:
+        return FORKED_KINDS[kind]
+    return kind
+
+
 def _by_kind(pid: int):
     """(kind, process) for ``pid`` and each of its live descendants."""
     root = psutil.Process(pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            cmdline = " ".join(proc.cmdline())
-        except psutil.Error:
+            kind = _kind(proc)
+        except (psutil.Error, AttributeError):  # gone, or its parent is
             continue
-        yield next((k for part, k in PROCESS_KINDS if part in cmdline), "other"), proc
+        yield kind, proc
 
 
 def cpu_by_kind(pid: int) -> dict[str, float]:

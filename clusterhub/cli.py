@@ -120,9 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count("--expect", 0, 10000),
         default=0,
         metavar="N",
-        help="attendees expected to arrive at once: before saying it is ready, warm Dask "
-        "interpreters for their first clusters, within a memory budget it prints "
-        "(default: 0, three for the first cluster)",
+        help="attendees expected to arrive at once: when it is ready, say how much memory "
+        "they need against what the machine has, and warn if they do not fit (default: 0)",
     )
     accounts = up.add_argument_group(
         "attendees (as root)",

@@ -29,7 +29,6 @@ LOCAL_ONLY_FIELDS = frozenset(
         "max_servers",
         "start_slots",
         "expect",
-        "warm_interpreters",
     }
 )
 # Where root's platform keeps its data: every attendee account (and the build account) must
@@ -85,10 +84,9 @@ class PlatformSettings:
     max_servers: int = 0
     # Local mode: starts (servers, kernels, schedulers, workers) at once; 0: one per core.
     start_slots: int = 0
-    # Local mode: attendees expected at once (``--expect``), and the Dask interpreters the
-    # gateway warms for them at start (see clusterhub.gateway.warm_pool.prewarm_plan).
+    # Local mode: attendees expected at once (``--expect``): `up` says whether the machine's
+    # memory holds them before the doors open.
     expect: int = 0
-    warm_interpreters: int = 3
     mode: str = "local"
     kubernetes: dict = field(default_factory=dict)
 

@@ -31,13 +31,6 @@ from . import admission, gateway, kernel_sockets, procs, takeover
 from .accounts import Account, closed_to_others
 from .fences import platform_id, remove_platform_groups
 from .fences import unavailable_reason as fence_unavailable_reason
-from .gateway.warm_pool import (
-    PREWARM_MEMORY_SHARE,
-    QUIET_CPU_FRACTION,
-    WARM_INTERPRETER_BYTES,
-    WARM_PER_CLUSTER,
-    prewarm_plan,
-)
 from .ports import chosen_range, free_port, port_is_free, reserve
 from .settings import GATEWAY_PREFIX, SETTINGS_ENV, PlatformSettings, default_data_dir
 from .space import read_json, write_json_atomic
@@ -49,8 +42,10 @@ MIN_CODE_LENGTH = 8
 MAX_CODE_LENGTH = 128
 HUB_START_TIMEOUT = 120
 HUB_STOP_TIMEOUT = 120
-# The longest `--expect` waits for its warm interpreters before the doors open.
-WARM_UP_TIMEOUT = 600
+# The unique memory one attendee holds with a notebook server, a kernel and a Dask cluster
+# of two workers, all running (benchmarks/local_platform.py capacity, 30 attendees on the
+# 2-core build machine).
+ATTENDEE_BYTES = 300 * 2**20
 
 
 @dataclass
@@ -405,21 +400,6 @@ class Platform:
                     )
                 time.sleep(0.2)
             _say(f"  {name}: ready")
-        if s.expect and not stopping():
-            self.wait_warm(stopping)
-
-    def wait_warm(self, stopping) -> None:
-        """A room is expected: let the gateway's warm interpreters finish importing (the
-        machine goes quiet) before the doors open."""
-        s = self.settings
-        _say(f"  warming up for {s.expect} attendees ({s.warm_interpreters} Dask interpreters) ...")
-        start = time.monotonic()
-        psutil.cpu_percent()
-        while time.monotonic() - start < WARM_UP_TIMEOUT and not stopping():
-            time.sleep(2)
-            if psutil.cpu_percent() < QUIET_CPU_FRACTION * 100:
-                break
-        _say(f"  warm-up: done in {time.monotonic() - start:.0f} s")
 
     def supervise(self) -> str | None:
         """One round of supervision; returns why to give up, or None."""
@@ -521,9 +501,6 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
     _LOCKS.append(lock)
     found, generated = load_secrets(data_dir, args.workshop_code)
     expect = getattr(args, "expect", 0)
-    warm = WARM_PER_CLUSTER
-    if expect:
-        warm, _ = prewarm_plan(expect, psutil.virtual_memory().available)
     if left:
         _say(
             f"clusterhub: a previous clusterhub up for {data_dir} stopped without stopping "
@@ -552,7 +529,6 @@ def resolve_settings(args) -> tuple[PlatformSettings, bool]:
         max_servers=getattr(args, "max_servers", 0),
         start_slots=getattr(args, "start_slots", 0),
         expect=expect,
-        warm_interpreters=warm,
     )
     return settings, generated
 
@@ -605,16 +581,24 @@ def describe_isolation(settings: PlatformSettings) -> list[str]:
     return lines
 
 
-def describe_prewarm(settings: PlatformSettings) -> str:
-    """One line on what was warmed for the expected room, and the memory it holds."""
-    held = settings.warm_interpreters * WARM_INTERPRETER_BYTES / 2**30
-    clusters = settings.warm_interpreters // WARM_PER_CLUSTER
-    covered = f"all {settings.expect}" if clusters >= settings.expect else f"the first {clusters}"
-    return (
-        f"  pre-warmed:    {settings.warm_interpreters} Dask interpreters, for the clusters of "
-        f"{covered} attendees expected (~{held:.1f} GiB; at most "
-        f"{PREWARM_MEMORY_SHARE:.0%} of the memory available at start)"
-    )
+def describe_expected(expect: int, available_bytes: int) -> list[str]:
+    """What a room of ``expect`` attendees needs of the machine's memory, and whether it fits.
+
+    Every start is already warm (servers, schedulers and workers fork from parents that
+    imported everything, see clusterhub.forkserver): what a room needs ahead is memory."""
+    need = expect * ATTENDEE_BYTES
+    lines = [
+        f"  expected:      {expect} attendees need about {need / 2**30:.1f} GiB "
+        f"({ATTENDEE_BYTES >> 20} MB each with a Dask cluster of 2 workers); "
+        f"{available_bytes / 2**30:.1f} GiB available"
+    ]
+    if need > available_bytes:
+        fit = available_bytes // ATTENDEE_BYTES
+        lines.append(
+            f"  warning:       about {fit} of the {expect} fit; the rest would make the machine "
+            "swap or end processes: add memory, or spread the room over more machines"
+        )
+    return lines
 
 
 def run_up(args) -> int:
@@ -647,7 +631,8 @@ def run_up(args) -> int:
             for line in describe_isolation(settings):
                 _say(line)
             if settings.expect:
-                _say(describe_prewarm(settings))
+                for line in describe_expected(settings.expect, psutil.virtual_memory().available):
+                    _say(line)
             _say("Press Ctrl-C to stop everything.")
         while not stop_requested:
             reason = platform.supervise()

@@ -77,8 +77,6 @@ def _configure_local(c, settings: PlatformSettings) -> None:
 
     c.DaskGateway.backend_class = "clusterhub.gateway.local.LocalSpaceBackend"
     c.LocalSpaceBackend.data_dir = settings.data_dir
-    # Three, or what `clusterhub up --expect N` planned for a room (within its budget).
-    c.LocalSpaceBackend.warm_interpreters = settings.warm_interpreters
     c.LocalSpaceBackend.db_url = "sqlite:///" + settings.path("gateway", "gateway.sqlite")
     c.LocalSpaceBackend.db_encrypt_keys = [settings.gateway_encrypt_key]
     c.LocalSpaceBackend.cluster_options = make_cluster_options(

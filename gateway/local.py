@@ -32,14 +32,19 @@ import os
 
 from dask_gateway_server.backends.local import UnsafeLocalBackend
 from dask_gateway_server.utils import timestamp
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Bool, Float, Unicode, default
 
 from clusterhub import admission
 from clusterhub.accounts import identity_of
+from clusterhub.forkserver import set_oom_score_adj
 from clusterhub.space import LocalSpace
 
 from .dashboards import DashboardRoutes
-from .warm_pool import WarmInterpreterPool
+from .warm_pool import DaskForkServer
+
+# How much likelier than other processes a worker is to be the OOM killer's choice (-1000
+# to 1000; 0 for everything else of a space).
+WORKER_OOM_SCORE_ADJ = 500
 
 
 class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
@@ -57,27 +62,30 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         """,
     )
 
-    warm_interpreters = Integer(
-        3,
-        min=0,
+    fork_server = Bool(
+        True,
         config=True,
-        help="""Python interpreters kept ready, Dask already imported, to become schedulers
-        and workers (see clusterhub.gateway.warm_pool).
+        help="""Fork every scheduler and worker from a process that has imported Dask already
+        (see clusterhub.gateway.warm_pool), instead of starting a new interpreter for each.
 
-        Each saves about a second of a cluster's start on a small machine and holds about
-        160 MB while it waits. Three cover a new cluster with two workers; 0 turns this off.
-        More (``clusterhub up --expect N`` sets three per expected attendee, within a
-        memory budget) are warmed once, at start; refills go back to
-        ``warm_interpreters_refill``.
+        A forked start is ready at once and shares the imported code with its parent: on a
+        2-core machine a cold worker spends about a second of a core importing and holds
+        63 MB of its own, a forked one 40 MB. False starts every process cold.
         """,
     )
 
-    warm_interpreters_refill = Integer(
-        3,
-        min=0,
+    nanny = Bool(
+        False,
         config=True,
-        help="""How many warm interpreters refills keep once the first ones are handed out
-        (at most ``warm_interpreters``).""",
+        help="""Start each worker under a Dask nanny (a second process per worker).
+
+        On one machine a worker is already fenced by its owner's control group, and the
+        gateway replaces a worker that dies (the cluster keeps its requested count), so the
+        nanny's restarts and memory watch cost a process per worker for little. Without it,
+        a worker over its memory limit stops taking tasks (Dask's pause threshold) and,
+        past the owner's fence, is the one the kernel's OOM killer ends (its OOM score is
+        raised), not the user's notebook; ``client.restart()`` needs nannies.
+        """,
     )
 
     # A start's timeout counts from its turn (see _turn_then), when it gets most of a core;
@@ -151,7 +159,8 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         # one machine only loopback is needed (and only the proxy's port may be public).
         command = super().get_worker_command(cluster, worker_name, scheduler_address)
         environment = self.space(cluster.username).environment()
-        return [*environment.rebase_command(command), "--host", self.default_host]
+        command = [*environment.rebase_command(command), "--host", self.default_host]
+        return command if self.nanny else [*command, "--no-nanny"]
 
     def get_env(self, cluster) -> dict:
         env = super().get_env(cluster)
@@ -204,21 +213,28 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         log_path = os.path.join(self.get_logs_directory(workdir), name + ".log")
         work = os.path.join(workdir, "work")
         identity = self.identity(cluster.username)
-        pid = await self._warm_pool.start(cmd, env, work, log_path, identity)
+        # Past its owner's fence, the kernel's OOM killer ends a worker (whose results the
+        # scheduler can compute again), not the notebook or the kernel with the user's work.
+        oom_score_adj = WORKER_OOM_SCORE_ADJ if name != "scheduler" else None
+        pid = await self._fork_server.start(cmd, env, work, log_path, identity, oom_score_adj)
         if pid is None:
-            pid = await self._start_cold(cmd, env, work, log_path, identity)
+            pid = await self._start_cold(cmd, env, work, log_path, identity, oom_score_adj)
         turn = self._turns.pop((cluster.name, name), None)
         if turn is not None:
-            # Its imports are done once it listens (a worker: once its nanny and the worker
-            # the nanny starts both do); a warm one is there almost at once.
-            listeners = 1 if name == "scheduler" else 2
+            # Its imports are done once it listens (a worker under a nanny: once the nanny
+            # and the worker it starts both do); a forked one is there almost at once.
+            listeners = 2 if name != "scheduler" and self.nanny else 1
             turn.release_when(lambda: admission.tree_listens(pid, listeners))
         return pid
 
-    async def _start_cold(self, cmd, env, cwd: str, log_path: str, identity: dict) -> int:
+    async def _start_cold(
+        self, cmd, env, cwd: str, log_path: str, identity: dict, oom_score_adj: int | None
+    ) -> int:
         account, fence = identity_of(identity)
 
         def preexec() -> None:  # in the child: the owner's group, then the owner's account
+            if oom_score_adj is not None:
+                set_oom_score_adj(oom_score_adj)
             if fence is not None:
                 fence.join()
             if account is not None:
@@ -244,22 +260,19 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
     async def do_setup(self) -> None:
         self._turns: dict[tuple[str, str], admission.Turn] = {}
         await super().do_setup()
-        self._warm_pool = WarmInterpreterPool(
-            self.warm_interpreters,
-            self.data_dir or os.getcwd(),
-            self.log,
-            refill_size=self.warm_interpreters_refill,
-        )
+        self._fork_server = DaskForkServer(self.fork_server, self.data_dir or os.getcwd(), self.log)
         # Aim at the platform's own environment; a cluster in another one retargets it.
         inherited = {k: os.environ[k] for k in self.inherited_environment if k in os.environ}
-        await self._warm_pool.warm(self.cluster_config_class(parent=self).scheduler_cmd, inherited)
+        await self._fork_server.warm(
+            self.cluster_config_class(parent=self).scheduler_cmd, inherited
+        )
         self._reaper = asyncio.ensure_future(self._reap_loop())
 
     async def do_cleanup(self) -> None:
         reaper = getattr(self, "_reaper", None)
         if reaper is not None:
             reaper.cancel()
-        await self._warm_pool.close()
+        await self._fork_server.close()
         await super().do_cleanup()
 
     async def reap_orphans(self) -> list[str]:

@@ -200,19 +200,28 @@ def test_a_cluster_waits_for_its_turn_says_so_in_the_sidebar_and_its_clock_start
         kernel.close()
 
 
-def test_a_room_expected_is_prewarmed_before_the_doors_open(tmp_path):
-    """--expect 2: six warm Dask interpreters (two clusters' scheduler and nannies) are
-    ready before `clusterhub up` says it is, and it says what they hold."""
+def test_a_room_expected_is_told_its_memory_and_finds_dask_warm(tmp_path):
+    """--expect 2: when `clusterhub up` says it is ready, the Dask fork server has imported
+    Dask already, and up has said what two attendees need of the memory."""
     with running_platform(str(tmp_path), extra_args=["--expect", "2"]) as running:
         output = "".join(running.output)
-        assert "warming up for 2 attendees (6 Dask interpreters)" in output, output
-        assert (
-            "pre-warmed:    6 Dask interpreters, for the clusters of all 2 attendees expected"
-            in output
-        ), output
+        ready = output.index("clusterhub is ready at")
+        expected = output.index("expected:      2 attendees need about 0.6 GiB (300 MB each")
+        assert expected > ready and "GiB available" in output[expected:], output
+        assert "warning:" not in output[expected:], "two fit on any test machine"
         warm = [
             p
             for p in marked_processes("CLUSTERHUB_PLATFORM", running.data_dir)
-            if "clusterhub.gateway.warm_interpreter" in " ".join(p.cmdline())
+            if "clusterhub.forkserver" in " ".join(p.cmdline())
         ]
-        assert len(warm) == 6
+        assert len(warm) == 1, "one fork server for the platform's environment"
+        assert "distributed.cli.dask_worker" in warm[0].cmdline()
+
+
+def test_a_room_too_large_for_the_memory_is_warned_about():
+    from clusterhub.up import ATTENDEE_BYTES, describe_expected
+
+    fits = describe_expected(10, 64 * 2**30)
+    assert len(fits) == 1 and "10 attendees need about 2.9 GiB" in fits[0]
+    tight = describe_expected(100, 10 * ATTENDEE_BYTES + 1)
+    assert "warning:       about 10 of the 100 fit" in tight[1]

@@ -1,27 +1,17 @@
-"""Warm interpreters become real Dask schedulers and workers with the assigned environment."""
+"""Dask schedulers and workers forked warm become real ones, with the requested environment."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 from distributed import Client
 
 from clusterhub import procs
-from clusterhub.gateway.warm_pool import (
-    WARM_INTERPRETER_BYTES,
-    WARM_PER_CLUSTER,
-    WarmInterpreterPool,
-    fingerprint,
-    prewarm_plan,
-)
+from clusterhub.gateway.warm_pool import DaskForkServer, fingerprint
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
@@ -82,7 +72,7 @@ def test_only_dask_commands_of_an_environment_are_fingerprinted():
     assert fingerprint(["dask", "worker"], env) is None, "a relative path names no environment"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="warm interpreters import as root only as root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the fork server imports as root only as root")
 def test_as_root_an_environment_built_from_a_repository_is_never_imported_warm(tmp_path):
     built = tmp_path / "build-1" / "venv" / "bin"
     built.mkdir(parents=True)
@@ -92,48 +82,42 @@ def test_as_root_an_environment_built_from_a_repository_is_never_imported_warm(t
     assert fingerprint([DASK, "worker", "tcp://x:1"], {}) is not None, "the platform's own"
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A data dir short enough for a fork server's socket (pytest's own directories, deeper
-    still under xdist, are not: see the test below)."""
-    path = tempfile.mkdtemp(prefix="warm-")
-    try:
-        yield Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def scheduler_command() -> list[str]:
+    return [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0"]
+
+
+def worker_command(address: str) -> list[str]:
+    cmd = [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny"]
+    return cmd + ["--dashboard-address", "127.0.0.1:0", "--memory-limit", "1GiB"]
 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_warm_interpreters_become_scheduler_and_workers(short_dir):
-    tmp_path = short_dir
+async def test_forked_scheduler_and_worker_run_as_requested(tmp_path):
     space = tmp_path / "spaces" / "ada"
     cluster_dir = space / "dask-gateway" / "c1"
     cluster_dir.mkdir(parents=True)
-    pool = WarmInterpreterPool(2, str(tmp_path), refill_delay=0.2)
+    server = DaskForkServer(True, str(tmp_path))
     env = job_env(
         str(space),
-        CLUSTERHUB_JOB_VALUE="from-the-assignment",
-        # Dask config arrives with the assignment, after the interpreter imported Dask.
+        CLUSTERHUB_JOB_VALUE="from-the-request",
+        # Dask config arrives with the request, after the fork server imported Dask.
         DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="7",
     )
-    scheduler_cmd = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0"]
-    scheduler_cmd += ["--dashboard-address", "127.0.0.1:0"]
     pids: list[int] = []
     try:
-        await pool.warm(scheduler_cmd, env)
-        assert len(pool._idle) == 2
+        await server.warm(scheduler_command(), env)
+        assert server.pid is not None
         scheduler_log = str(cluster_dir / "scheduler.log")
-        pid = await pool.start(scheduler_cmd, env, str(cluster_dir), scheduler_log)
+        pid = await server.start(scheduler_command(), env, str(cluster_dir), scheduler_log)
         assert pid is not None
         pids.append(pid)
         log = await wait_for_text(scheduler_log, "Scheduler at:")
         address = log.split("Scheduler at:")[1].split()[0]
 
-        worker_cmd = [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
-        worker_cmd += ["--dashboard-address", "127.0.0.1:0", "--memory-limit", "1GiB"]
         worker_log = str(cluster_dir / "worker.log")
-        worker_pid = await pool.start(worker_cmd, env, str(cluster_dir), worker_log)
+        cmd = worker_command(address)
+        worker_pid = await server.start(cmd, env, str(cluster_dir), worker_log, None, 500)
         assert worker_pid is not None and worker_pid != pid
         pids.append(worker_pid)
 
@@ -145,127 +129,126 @@ async def test_warm_interpreters_become_scheduler_and_workers(short_dir):
 
                 import dask
 
+                with open("/proc/self/oom_score_adj") as f:
+                    oom = int(f.read())
                 return {
                     "pid": os.getpid(),
-                    "hash": hash("dask"),
                     "value": os.environ.get("CLUSTERHUB_JOB_VALUE"),
                     "home": os.environ.get("HOME"),
                     "cwd": os.getcwd(),
                     "failures": dask.config.get("distributed.scheduler.allowed-failures"),
+                    "oom": oom,
                 }
 
             on_scheduler = await client.run_on_scheduler(look)
             (on_worker,) = (await client.run(look)).values()
+            assert await client.submit(lambda x: x + 1, 41) == 42
         for seen in (on_scheduler, on_worker):
-            assert seen["value"] == "from-the-assignment"
+            assert seen["value"] == "from-the-request"
             assert seen["home"] == str(space)
             assert seen["cwd"] == str(cluster_dir)
         assert int(on_scheduler["failures"]) == 7
-        # The worker forked from the warm fork server (not spawned by its nanny), with the
-        # hash seed every Dask worker uses.
-        assert psutil.Process(on_worker["pid"]).ppid() != worker_pid
-        seeded = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "print(hash('dask'))",
-            env={**os.environ, "PYTHONHASHSEED": "6640"},
-            stdout=asyncio.subprocess.PIPE,
-        )
-        assert on_worker["hash"] == int((await seeded.communicate())[0])
-        # The memory limit is enforced by the nanny, which is the warm interpreter itself.
+        assert (on_scheduler["oom"], on_worker["oom"]) == (0, 500)
+        # Both are the fork server's children, each in a session of its own; the worker has
+        # no nanny: it is the process the gateway started.
+        assert on_worker["pid"] == worker_pid and on_scheduler["pid"] == pid
+        for child in (pid, worker_pid):
+            assert psutil.Process(child).ppid() == server.pid
+            assert os.getsid(child) == child
         assert "Memory:                   1.00 GiB" in await wait_for_text(worker_log, "Memory:")
 
-        # The kernel still shows the warm interpreters' starting environment, without the
+        # The kernel still shows the fork server's starting environment, without the
         # space's marker; their working directory tells whose they are.
         found = {p.pid for p in procs.find_marked(procs.SPACE_MARKER, str(space), str(space))}
         assert {pid, worker_pid} <= found
         assert pid not in {p.pid for p in procs.find_marked(procs.SPACE_MARKER, str(space))}
         assert procs.sweep(procs.SPACE_MARKER, str(space), cwd_under=str(space)) >= 2
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-        await asyncio.wait_for(pool._refill, 90)  # once the machine is quiet (60 s at most)
-        assert len(pool._idle) == 2, "the pool refilled"
+        # Reaped by the fork server at once: a pid that answers signal 0 is alive.
+        for child in (pid, worker_pid):
+            for _ in range(50):
+                if not psutil.pid_exists(child):
+                    break
+                await asyncio.sleep(0.1)
+            assert not psutil.pid_exists(child), "left a zombie"
+        assert server.pid is not None, "the fork server runs on"
     finally:
-        await pool.close()
+        await server.close()
         stop_all(pids)
-    assert pool._idle == []
+    assert server.pid is None
 
 
-@pytest.mark.slow
 @pytest.mark.asyncio
-async def test_another_environment_starts_cold_and_retargets(short_dir):
-    tmp_path = short_dir
-    pool = WarmInterpreterPool(1, str(tmp_path), refill_delay=0.2)
-    cmd = [DASK, "scheduler", "--host", "127.0.0.1"]
+async def test_a_planted_log_link_is_refused_and_nothing_runs(tmp_path):
+    target = tmp_path / "not-yours"
+    target.write_text("untouched")
+    log = tmp_path / "scheduler.log"
+    log.symlink_to(target)
+    server = DaskForkServer(True, str(tmp_path))
     try:
-        await pool.warm(cmd, job_env(str(tmp_path)))
-        first = pool._idle[0]
-        other = job_env(str(tmp_path), PYTHONPATH=str(tmp_path / "elsewhere"))
-        assert await pool.start(cmd, other, str(tmp_path), str(tmp_path / "x.log")) is None
-        assert not (tmp_path / "x.log").exists(), "nothing ran: the caller starts it cold"
-        await asyncio.wait_for(first.wait(), 30)  # the old environment's interpreter is gone
-        assert pool._idle and pool._idle[0] is not first
-        assert await pool.start(["/bin/true"], other, str(tmp_path), "unused") is None
+        await server.warm(scheduler_command(), job_env(str(tmp_path)))
+        pid = await server.start(
+            scheduler_command(), job_env(str(tmp_path)), str(tmp_path), str(log)
+        )
+        assert pid is not None
+        for _ in range(100):
+            if not psutil.pid_exists(pid):
+                break
+            await asyncio.sleep(0.1)
+        assert not psutil.pid_exists(pid), "the child gave up at once"
+        assert target.read_text() == "untouched"
     finally:
-        await pool.close()
-    assert pool._idle == []
-
-
-@pytest.mark.asyncio
-async def test_a_data_dir_too_long_for_a_socket_starts_cold_and_says_why(tmp_path, caplog):
-    deep = tmp_path / ("d" * max(1, 110 - len(str(tmp_path))))
-    pool = WarmInterpreterPool(1, str(deep))
-    cmd = [DASK, "scheduler"]
-    await pool.warm(cmd, job_env(str(deep)))
-    assert pool._idle == []
-    assert "too long for a fork server's socket" in caplog.text
-    assert await pool.start(cmd, job_env(str(deep)), str(deep), str(deep / "log")) is None
-    await pool.close()
-
-
-@pytest.mark.asyncio
-async def test_a_pool_of_size_zero_starts_nothing(tmp_path):
-    pool = WarmInterpreterPool(0, str(tmp_path))
-    cmd = [DASK, "scheduler"]
-    await pool.warm(cmd, {})
-    assert pool._idle == []
-    assert await pool.start(cmd, {}, str(tmp_path), str(tmp_path / "log")) is None
-    await pool.close()
-
-
-def test_a_prewarm_is_three_per_expected_cluster_within_a_quarter_of_the_memory():
-    gib = 2**30
-    # 10 attendees on a machine with room: 30 interpreters.
-    count, held = prewarm_plan(10, 64 * gib)
-    assert count == 10 * WARM_PER_CLUSTER and held == count * WARM_INTERPRETER_BYTES
-    # 100 attendees on 8 GiB: what a quarter of it holds, no more.
-    count, held = prewarm_plan(100, 8 * gib)
-    assert count == (2 * gib) // WARM_INTERPRETER_BYTES and held <= 2 * gib
-    # However little memory, a quiet platform's three stay.
-    assert prewarm_plan(30, 100 * 2**20)[0] == WARM_PER_CLUSTER
+        await server.close()
 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
-async def test_a_prewarm_is_filled_once_and_refills_go_back_to_a_few(short_dir):
-    tmp_path = short_dir
-    pool = WarmInterpreterPool(4, str(tmp_path), refill_delay=0.2, refill_size=1)
-    cmd = [DASK, "scheduler", "--host", "127.0.0.1"]
+async def test_another_environment_starts_cold_and_retargets(tmp_path):
+    server = DaskForkServer(True, str(tmp_path))
+    cmd = scheduler_command()
+    try:
+        await server.warm(cmd, job_env(str(tmp_path)))
+        first = server.pid
+        other = job_env(str(tmp_path), PYTHONPATH=str(tmp_path / "elsewhere"))
+        assert await server.start(cmd, other, str(tmp_path), str(tmp_path / "x.log")) is None
+        assert not (tmp_path / "x.log").exists(), "nothing ran: the caller starts it cold"
+        for _ in range(300):  # the retarget runs on after start() said "cold"
+            if server.pid not in (None, first):
+                break
+            await asyncio.sleep(0.1)
+        assert server.pid not in (None, first), "a fork server for the other environment"
+        assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+        assert await server.start(["/bin/true"], other, str(tmp_path), "unused") is None
+    finally:
+        await server.close()
+    assert server.pid is None
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_after_the_fork_server_dies_one_start_goes_cold_then_warm_again(tmp_path):
+    server = DaskForkServer(True, str(tmp_path))
+    cmd = scheduler_command()
+    env = job_env(str(tmp_path))
     pids: list[int] = []
     try:
-        await pool.warm(cmd, job_env(str(tmp_path)))
-        assert len(pool._idle) == 4
-        # Hand out all four, as a room's first clusters take them.
-        for i in range(4):
-            log = str(tmp_path / f"s{i}.log")
-            pids.append(await pool.start(cmd, job_env(str(tmp_path)), str(tmp_path), log))
-        assert all(pids) and pool._idle == []
-
-        for _ in range(450):  # the pool has no event to wait on: look every 0.2 s
-            if pool._idle:
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1)  # would a second one follow?
-        assert len(pool._idle) == 1
+        await server.warm(cmd, env)
+        os.kill(server.pid, 9)
+        await asyncio.sleep(0.5)
+        assert await server.start(cmd, env, str(tmp_path), str(tmp_path / "a.log")) is None
+        pid = await server.start(cmd, env, str(tmp_path), str(tmp_path / "b.log"))
+        assert pid is not None, "a new fork server serves the next start"
+        pids.append(pid)
+        await wait_for_text(str(tmp_path / "b.log"), "Scheduler at:")
     finally:
-        await pool.close()
+        await server.close()
         stop_all(pids)
+
+
+@pytest.mark.asyncio
+async def test_a_disabled_fork_server_starts_nothing(tmp_path):
+    server = DaskForkServer(False, str(tmp_path))
+    cmd = scheduler_command()
+    await server.warm(cmd, {})
+    assert server.pid is None
+    assert await server.start(cmd, {}, str(tmp_path), str(tmp_path / "log")) is None
+    await server.close()
