@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -273,7 +274,7 @@ def bench_surge(users: int) -> None:
     )
 
 
-def bench_capacity(users: int, only: str = "") -> None:
+def bench_capacity(users: int, only: str = "", keep_logs: str = "") -> None:
     from capacity import compare, room
 
     rooms = []
@@ -284,6 +285,9 @@ def bench_capacity(users: int, only: str = "") -> None:
             with platform(root, plain, plain_extra=PATIENT_PLAIN_CONFIG) as running:
                 rooms.append(room(running, users, plain, label))
                 # Stopped and timed by room(); the context only checks nothing is left.
+                if keep_logs:
+                    logs = os.path.join(running.data_dir, "logs")
+                    shutil.copytree(logs, os.path.join(keep_logs, label), dirs_exist_ok=True)
         time.sleep(10)  # let the machine settle between the two rooms
     compare(rooms)
 
@@ -300,6 +304,12 @@ def main() -> None:
         default="",
         help="capacity: measure one room only (e.g. ours on an older commit)",
     )
+    parser.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        default="",
+        help="capacity: copy each room's platform logs into DIR/<room> after its stop",
+    )
     args = parser.parse_args()
     if args.which in ("spawn", "all"):
         bench_spawn(args.users or 5)
@@ -310,7 +320,7 @@ def main() -> None:
     if args.which in ("accounts", "all"):
         bench_accounts(args.users or 5, args.repeat)
     if args.which in ("capacity", "all"):
-        bench_capacity(args.users or 30, args.only)
+        bench_capacity(args.users or 30, args.only, args.keep_logs)
 
 
 if __name__ == "__main__":
