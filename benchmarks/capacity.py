@@ -78,6 +78,7 @@ def busy_cpu_seconds() -> float:
 
 # What each process of the platform is, from its command line (first match wins).
 PROCESS_KINDS = (
+    ("clusterhub-singleuser", "notebook servers"),
     ("jupyterhub-singleuser", "notebook servers"),
     ("ipykernel", "kernels"),
     ("clusterhub.forkserver", "dask fork server"),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import admission, gateway
+from . import admission, gateway, singleuser
 from .procs import PLATFORM_MARKER
 from .settings import GATEWAY_SERVICE, SETTINGS_ENV, PlatformSettings
 
@@ -136,7 +136,7 @@ def _configure_local(c, settings: PlatformSettings) -> None:
     c.LocalSpaceSpawner.max_accounts = settings.max_accounts
     # A full room: JupyterHub answers new spawns with 429 and "try again in a few minutes".
     c.JupyterHub.active_server_limit = settings.max_servers
-    c.Spawner.cmd = [_bin("jupyterhub-singleuser")]
+    c.Spawner.cmd = [_bin(singleuser.COMMAND)]
 
     if settings.gateway_api_token:
         # `clusterhub up` runs the gateway beside the hub, not under it, and supervises both:

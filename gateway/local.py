@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
-from dask_gateway_server.backends.local import UnsafeLocalBackend
+from dask_gateway_server.backends.db_base import JobStatus
+from dask_gateway_server.backends.local import UnsafeLocalBackend, wait_is_shutdown
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Unicode, default
 
@@ -45,6 +47,17 @@ from .warm_pool import DaskForkServer
 # How much likelier than other processes a worker is to be the OOM killer's choice (-1000
 # to 1000; 0 for everything else of a space).
 WORKER_OOM_SCORE_ADJ = 500
+
+
+async def kill_process(pid: int | None, timeout: float = 5.0) -> None:
+    """SIGKILL ``pid`` (None, or already gone: nothing) and wait until it is gone."""
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    await wait_is_shutdown(pid, timeout)
 
 
 class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
@@ -226,6 +239,25 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
             listeners = 2 if name != "scheduler" and self.nanny else 1
             turn.release_when(lambda: admission.tree_listens(pid, listeners))
         return pid
+
+    # -- stops -----------------------------------------------------------------------------
+    # A cluster that is stopping keeps nothing: its results go with it and its directory is
+    # removed after. So its scheduler and workers are killed at once, where upstream asks
+    # each to close (SIGINT, up to 10 s, then SIGTERM): a room stopping at once would
+    # otherwise be dozens of Dask processes closing gracefully on a few cores, which took
+    # most of a 30-attendee platform stop. A worker stopped while its cluster runs on (a
+    # scale-down) still closes gracefully.
+    async def do_stop_worker(self, worker):
+        if worker.cluster.target < JobStatus.STOPPED:
+            await super().do_stop_worker(worker)
+            return
+        await kill_process(worker.state.get("pid"))
+
+    async def do_stop_cluster(self, cluster):
+        await kill_process(cluster.state.get("pid"))
+        workdir = cluster.state.get("workdir")
+        if workdir is not None:
+            self.cleanup_working_directory(workdir)
 
     async def _start_cold(
         self, cmd, env, cwd: str, log_path: str, identity: dict, oom_score_adj: int | None

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from tornado import web
 from traitlets import Bool, CaselessStrEnum, Integer, Unicode, default
 
-from clusterhub import admission, kernel_provisioner, kernel_sockets
+from clusterhub import admission, kernel_provisioner, kernel_sockets, singleuser
 from clusterhub import profiles as profile_rules
 from clusterhub.accounts import (
     Account,
@@ -242,7 +243,7 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         if it has one (repo2docker runs the server as ``start <command>`` too)."""
         if not hasattr(self, "_configured_cmd"):
             self._configured_cmd = list(self.cmd)
-        command = environment.rebase_command(self._configured_cmd)
+        command = singleuser.server_command(self._configured_cmd, environment)
         return [environment.start, *command] if environment.start else command
 
     # -- kernels ------------------------------------------------------------------------------
@@ -468,6 +469,20 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
                 self.clear_state()
                 return 0
         return await super().poll()
+
+    async def wait_for_death(self, timeout=10):
+        """Wait up to ``timeout`` s for the server to exit, looking every ``death_interval``.
+
+        JupyterHub's own wait backs off exponentially (0.1, 0.3, 0.7, 1.5, 3.1 s ...): a
+        server that exits after 3.2 s was noticed at 6.3. Here a look is one waitpid (or,
+        for a server re-attached after a hub restart, one /proc read), cheap enough to repeat.
+        """
+        deadline = time.monotonic() + timeout
+        while await self.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.death_interval)
+        return True
 
     async def stop(self, now=False):
         watch = getattr(self, "_turn_watch", None)

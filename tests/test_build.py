@@ -472,7 +472,7 @@ def test_new_servers_use_the_new_environment_running_ones_keep_theirs(tmp_path):
             "print(set(client.run(where).values()))\n"
             "print(client.run_on_scheduler(where))\n"
             "rc = ipp.Client()\n"
-            "rc.wait_for_engines(1, timeout=120)\n"
+            "rc.wait_for_engines(1, timeout=120, interactive=False)\n"
             "print(set(rc[:].apply_sync(where)))\n"
             "cluster.shutdown()\n",
             timeout=240,

@@ -69,7 +69,7 @@ IPP_MAP = """
 import json, os
 import ipyparallel as ipp
 rc = ipp.Client()
-rc.wait_for_engines({n}, timeout=90)
+rc.wait_for_engines({n}, timeout=90, interactive=False)
 def host(i):
     import socket  # engines have none of the kernel's imports
     return socket.gethostname()

@@ -201,6 +201,8 @@ def test_stopping_a_server_leaves_no_process_of_that_user(platform, alice, kerne
         except psutil.Error:
             pass
     assert any(f"{os.sep}dask-gateway{os.sep}" in cwd for cwd in running), running
+    commands = [" ".join(p.cmdline()) for p in space_processes(platform, "alice")]
+    assert any("clusterhub-singleuser" in c for c in commands), commands
     alice.stop_server()
     deadline = time.monotonic() + 20
     while space_processes(platform, "alice") and time.monotonic() < deadline:
@@ -281,7 +283,7 @@ def test_ipyparallel_profile_maps_over_the_users_engines(platform):
         out = kernel.execute(
             "import ipyparallel as ipp, socket, os\n"
             "rc = ipp.Client()\n"
-            "rc.wait_for_engines(2, timeout=120)\n"
+            "rc.wait_for_engines(2, timeout=120, interactive=False)\n"
             "squares = rc.load_balanced_view().map_sync(lambda x: x * x, range(20))\n"
             "spaces = set(rc[:].apply_sync(lambda: __import__('os').environ['CLUSTERHUB_SPACE']))\n"
             "print(len(rc.ids), sum(squares), spaces == {os.environ['CLUSTERHUB_SPACE']})\n"

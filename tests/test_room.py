@@ -71,7 +71,7 @@ def test_a_single_account_home_is_taken_over_and_the_account_kept_across_restart
     assert kept.json()["content"] == NOTES, "nothing in the home was lost"
     space = os.path.join(platform.data_dir, "spaces", "alice")
     processes = marked_processes("CLUSTERHUB_SPACE", space)
-    assert any("jupyterhub-singleuser" in " ".join(p.cmdline()) for p in processes)
+    assert any("clusterhub-singleuser" in " ".join(p.cmdline()) for p in processes)
     assert {p.uids().real for p in processes} == {uid}
     alice.stop_server()
 

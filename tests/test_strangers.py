@@ -184,7 +184,7 @@ def test_every_process_of_a_space_runs_as_its_own_account(platform, alice, bob, 
     for name, uid in (("alice", alice_uid), ("bob", bob_uid)):
         procs = marked_processes("CLUSTERHUB_SPACE", space_dir(platform, name))
         commands = " ".join(" ".join(p.cmdline()) for p in procs)
-        for part in ("jupyterhub-singleuser", "ipykernel", "ipyparallel", "deploy.master"):
+        for part in ("clusterhub-singleuser", "ipykernel", "ipyparallel", "deploy.master"):
             if name == "bob" and part == "ipykernel":
                 continue
             assert part in commands, f"{part} not among {name}'s processes"
@@ -390,7 +390,7 @@ def test_alice_cannot_run_code_on_bobs_engines(platform, alice_kernel, bob_kerne
         alice_kernel,
         """
         import ipyparallel as ipp
-        rc = ipp.Client(); rc.wait_for_engines(1, timeout=60)
+        rc = ipp.Client(); rc.wait_for_engines(1, timeout=60, interactive=False)
         print('ipp', sum(rc[:].map_sync(lambda x: x, range(4))))
         from pyspark.sql import SparkSession
         spark = SparkSession.builder.getOrCreate()
@@ -457,7 +457,7 @@ def _in_background(fn) -> threading.Thread:
 def test_a_memory_hog_loses_its_kernel_and_nothing_else(platform, bob_kernel):
     carol = started(platform, "carol", profile="small")  # fence: 1 + 1 x 1 GiB
     fence = Fence(platform_id(platform.data_dir), safe_name("carol"))
-    (server,) = marked_processes_named(platform, "carol", "jupyterhub-singleuser")
+    (server,) = marked_processes_named(platform, "carol", "clusterhub-singleuser")
     kernel = carol.kernel()
     kernel_pid = int(run(kernel, "import os; print(os.getpid())"))
     hog = "chunks = []\nwhile True:\n    chunks.append(bytearray(256 << 20))"

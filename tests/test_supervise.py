@@ -127,6 +127,8 @@ def test_the_platforms_own_processes_are_told_from_attendees_by_their_command():
         assert platform_role(cmdline) == role
     attendees = [
         [f"{venv}/python", f"{venv}/jupyterhub-singleuser", "--ip=127.0.0.1"],
+        [f"{venv}/python", f"{venv}/clusterhub-singleuser", "--ip=127.0.0.1"],
+        [f"{venv}/python", "-m", "clusterhub.forkserver", "dask.cli"],
         [f"{venv}/python", "-m", "ipykernel_launcher", "-f", "/x/kernel-1.json"],
         [f"{venv}/python", "-m", "distributed.cli.dask_scheduler", "--dashboard-address", ":0"],
         [f"{venv}/python", "-c", "import jupyterhub"],

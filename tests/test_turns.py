@@ -124,7 +124,7 @@ def alice(platform, queue_path):
         spawn, spawned = in_background(lambda: user.spawn(profile="dask"))
         messages = first_progress_messages(user, 30)
         # Nothing of hers runs while she waits: no server process has started.
-        assert space_processes(platform, "alice", "jupyterhub-singleuser") == []
+        assert space_processes(platform, "alice", "clusterhub-singleuser") == []
     assert any(m.endswith("yours is next on this machine") for m in messages), messages
     assert joined(spawn, spawned).status_code == 302
     user.wait_ready(timeout=240)
