@@ -121,8 +121,8 @@ for _ in range(int(repeat)):
     # dask-gateway 2026.3 closes a cluster's Gateway again from __del__, which deadlocks
     # when the collector runs on the loop thread (see clusterhub.labextension.dask_clusters).
     cluster.gateway.__dict__.pop("_loop_runner", None)
-    # Let the machine settle (the old cluster stopping, warm interpreters refilling): each
-    # repeat measures one user's cluster on a machine at rest, not the previous teardown.
+    # Let the machine settle (the old cluster stopping): each repeat measures one user's
+    # cluster on a machine at rest, not the previous teardown.
     time.sleep(float(settle))
 print(" ".join(f"{t:.3f}" for t in times))
 """

@@ -19,6 +19,8 @@ route leads to this gate instead, inside the gateway process:
   ``X-Content-Type-Options: nosniff``. These are set here, a hop the user does not control.
 - The scheduler never sees the visitor's ``Cookie`` or ``Authorization`` header (Bokeh
   copies both into the page it serves).
+- Each forwarded request carries the cluster's scheduler key, which a local scheduler
+  demands (``dashboard_lock``): its port on 127.0.0.1 is no way around this gate.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import aiohttp
 from aiohttp import web
 
 from clusterhub.settings import GATEWAY_PREFIX, GATEWAY_SERVICE
+
+from .dashboard_lock import KEY_ENV, KEY_HEADER
 
 # Where the gateway's proxy sends a cluster's dashboard route (the gateway app's own path).
 GATE_ROUTE = "/clusterhub/dashboards"
@@ -59,7 +63,15 @@ HOP_BY_HOP = {
     "transfer-encoding",
     "upgrade",
 }
-NOT_UPSTREAM = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length"}
+NOT_UPSTREAM = HOP_BY_HOP | {
+    "host",
+    "cookie",
+    "authorization",
+    "content-length",
+    KEY_HEADER.lower(),
+}
+# Where the gate waits for the backend on the gateway's app (the authenticator sets up first).
+GATE_APP_KEY = "clusterhub_dashboard_gate"
 NOT_DOWNSTREAM = HOP_BY_HOP | {
     "content-length",
     "set-cookie",
@@ -85,6 +97,7 @@ class DashboardGate:
         root = hashlib.sha256(b"clusterhub dashboards\0" + secret.encode()).digest()
         self._view_root = _mac(root, b"view")
         self._cookie_root = _mac(root, b"cookie")
+        self._scheduler_root = _mac(root, b"scheduler")
         self.hub_api_url = hub_api_url.rstrip("/")
         self.client_secret = secret
         self.log = log
@@ -92,6 +105,7 @@ class DashboardGate:
 
     # -- setup ----------------------------------------------------------------------------
     def install(self, app: web.Application) -> None:
+        app[GATE_APP_KEY] = self
         app.router.add_route("*", GATE_ROUTE + "/{name}{rest:.*}", self.dashboard)
         app.router.add_get(CALLBACK_ROUTE, self.oauth_callback)
         app.on_cleanup.append(self._close)
@@ -109,6 +123,10 @@ class DashboardGate:
     # -- keys and signed cookies ----------------------------------------------------------
     def view_key(self, cluster: str) -> str:
         return _b64(_mac(self._view_root, cluster.encode()))
+
+    def scheduler_key(self, cluster: str) -> str:
+        """What the gate sends to the cluster's scheduler, and what it demands."""
+        return _b64(_mac(self._scheduler_root, cluster.encode()))
 
     def _sign(self, payload: dict[str, Any]) -> str:
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
@@ -144,7 +162,8 @@ class DashboardGate:
                 return self._refuse(403, "This dashboard link is not valid.")
             if not address:
                 return self._refuse(404, f"The cluster {name} has no dashboard (any more).")
-            return await self._forward(request, address, inner, self._public(name, key))
+            public = self._public(name, key)
+            return await self._forward(request, address, inner, public, self.scheduler_key(name))
         # No view key: who is asking?
         user = self._unsign(request.cookies.get(SESSION_COOKIE))
         if user is None:
@@ -261,12 +280,13 @@ class DashboardGate:
 
     # -- forwarding ------------------------------------------------------------------------
     async def _forward(
-        self, request: web.Request, address: str, path: str, public: str
+        self, request: web.Request, address: str, path: str, public: str, scheduler_key: str
     ) -> web.StreamResponse:
         url = f"{address.rstrip('/')}/{path}"
         if request.query_string:
             url += "?" + request.query_string
         headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_UPSTREAM}
+        headers[KEY_HEADER] = scheduler_key
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._forward_websocket(request, url, headers)
         client = await self._client()
@@ -350,6 +370,15 @@ class DashboardRoutes:
 
     Upstream's ``_check_cluster_proxied`` (dask-gateway-server 2026.3.0) with one change:
     the PATH route's target is the gate on the gateway's own app, not the scheduler."""
+
+    async def setup(self, app: web.Application) -> None:
+        self.dashboard_gate: DashboardGate | None = app.get(GATE_APP_KEY)
+        await super().setup(app)
+
+    def dashboard_lock_env(self, cluster) -> dict[str, str]:
+        """The scheduler's key (see ``dashboard_lock``), for the scheduler's environment."""
+        gate = getattr(self, "dashboard_gate", None)
+        return {KEY_ENV: gate.scheduler_key(cluster.name)} if gate is not None else {}
 
     async def _check_cluster_proxied(self, cluster) -> None:
         if cluster.added_to_proxies:

@@ -165,7 +165,13 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         # The owner's environment (recorded when their server started): the scheduler and
         # workers run the same packages as the notebook that talks to them.
         command = super().get_scheduler_command(cluster)
+        # Its dashboard listens on loopback, which every account reaches: it answers only
+        # what the gateway's gate forwards (see dashboard_lock).
+        command = [*command, "--preload", "clusterhub.gateway.dashboard_lock"]
         return self.space(cluster.username).environment().rebase_command(command)
+
+    def get_scheduler_env(self, cluster) -> dict:
+        return {**super().get_scheduler_env(cluster), **self.dashboard_lock_env(cluster)}
 
     def get_worker_command(self, cluster, worker_name, scheduler_address=None) -> list[str]:
         # dask-gateway gives workers no --host, so they would listen on every interface; on
@@ -173,7 +179,13 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         command = super().get_worker_command(cluster, worker_name, scheduler_address)
         environment = self.space(cluster.username).environment()
         command = [*environment.rebase_command(command), "--host", self.default_host]
+        # Its own dashboard is on loopback too: locked like the scheduler's (the gate only
+        # forwards to schedulers, so nobody opens it).
+        command += ["--preload", "clusterhub.gateway.dashboard_lock"]
         return command if self.nanny else [*command, "--no-nanny"]
+
+    def get_worker_env(self, cluster) -> dict:
+        return {**super().get_worker_env(cluster), **self.dashboard_lock_env(cluster)}
 
     def get_env(self, cluster) -> dict:
         env = super().get_env(cluster)

@@ -50,6 +50,7 @@ DASK_PRELOAD = (
     "distributed.dashboard.scheduler",
     "dask_gateway.scheduler_preload",
     "clusterhub.engines.dask_records",
+    "clusterhub.gateway.dashboard_lock",
 )
 # How long the fork server may take to import before starts go cold.
 READY_TIMEOUT = 120.0

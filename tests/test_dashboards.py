@@ -11,6 +11,8 @@ write into bob's home through bob's server. Then:
 - bob, logged in, opens alice's page through a link she sent him (with its view key): the
   script runs, but sandboxed, with no origin: no cookie of bob's, and no write to his home.
   The control: the same write, made by bob himself, works.
+- bob's kernel, on the same machine, tries every port alice's scheduler and worker listen
+  on: their dashboards refuse him (the gate's forwarded requests are the control).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import urllib.parse
 
 import pytest
 from chromium import chromium
-from hubclient import BrowserUser, running_platform, started_user
+from hubclient import BrowserUser, running_platform, space_processes, started_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,7 +55,9 @@ from tornado.web import RequestHandler
 
 gateway = Gateway()
 cluster = gateway.new_cluster()
+cluster.scale(1)
 client = cluster.get_client()
+client.wait_for_workers(1, timeout=120)
 PAGE = {EVIL_PAGE!r}
 
 class Mine(RequestHandler):
@@ -221,3 +225,49 @@ def test_alices_page_cannot_act_as_bob_who_opens_it(platform, alice, bob, cluste
     )
     assert made.status_code == 201, made.text
     bob.server_api("DELETE", "api/contents/pwned.txt").raise_for_status()
+
+
+# From bob's kernel: GET /status on each of these loopback ports, as a stranger who found
+# them would; what each answered.
+KNOCK = """
+import json, urllib.error, urllib.request
+seen = {{}}
+for port in {ports!r}:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{{port}}/status", timeout=10) as r:
+            seen[port] = [r.status, r.read(200).decode(errors="replace")]
+    except urllib.error.HTTPError as e:
+        seen[port] = [e.code, e.read(200).decode(errors="replace")]
+    except Exception as e:  # the TLS comm ports do not speak plain HTTP
+        seen[port] = [0, type(e).__name__]
+print("SEEN=" + json.dumps(seen))
+"""
+
+
+def test_another_account_cannot_open_the_dashboards_by_their_ports(platform, alice, bob, cluster):
+    import psutil
+
+    _, link = cluster
+    ports = set()
+    for proc in space_processes(platform, "alice"):
+        try:
+            if "dask-gateway" not in proc.cwd():
+                continue
+            listening = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        ports |= {c.laddr.port for c in listening if c.status == psutil.CONN_LISTEN}
+    assert len(ports) >= 4, ports  # scheduler: comm, dashboard, gateway API; worker: comm...
+    kernel = bob.kernel()
+    try:
+        out = kernel.execute(KNOCK.format(ports=sorted(ports)), timeout=120)
+    finally:
+        kernel.close()
+    seen = json.loads(next(x for x in out.splitlines() if x.startswith("SEEN="))[5:])
+    assert not [p for p, (status, _) in seen.items() if status == 200], seen
+    refused = [
+        p for p, (status, text) in seen.items() if status == 403 and "through the hub" in text
+    ]
+    assert len(refused) >= 2, f"the scheduler's and the worker's dashboards: {seen}"
+    # The control: through the hub, alice's dashboard still answers her (the gate's key).
+    assert alice.session.get(public(platform, link), timeout=60).status_code == 200
