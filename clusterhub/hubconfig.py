@@ -15,6 +15,7 @@ mode the proxy and the gateway are their own pods and each user gets a namespace
 (``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
 ``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
 ``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway),
+``subdomain_host`` (per-user subdomains, JupyterHub's ``subdomain_host``; empty: none),
 ``space_roles`` (``hub``/``gateway``: ``cluster_role``, ``service_account``; what the hub
 binds in each user's namespace).
 """
@@ -190,6 +191,10 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
         c.JupyterHub.hub_bind_url = kube["hub_bind_url"]
     if kube.get("hub_connect_url"):
         c.JupyterHub.hub_connect_url = kube["hub_connect_url"]
+    if kube.get("subdomain_host"):
+        # Each user's server (and the gateway's dashboards) on a subdomain of its own: what a
+        # user serves never shares the hub's origin (the chart's hub.subdomains).
+        c.JupyterHub.subdomain_host = kube["subdomain_host"]
     # User namespaces outlive a hub restart; the hub reattaches to them from its database.
     c.JupyterHub.cleanup_servers = False
 

@@ -39,6 +39,23 @@ GATEWAY_SERVICE = "dask-gateway"
 GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 
+def gateway_origin(subdomain_host: str, subdomain_hook=None) -> str:
+    """Where the gateway's pages are served under per-user subdomains (JupyterHub's
+    ``subdomain_host``, e.g. ``https://hub.example.org``): the service's own subdomain,
+    ``https://dask-gateway--service.hub.example.org``. Empty without subdomains, where the
+    gateway shares the hub's origin under :data:`GATEWAY_PREFIX`."""
+    if not subdomain_host:
+        return ""
+    from urllib.parse import urlsplit
+
+    if subdomain_hook is None:
+        from jupyterhub.utils import subdomain_hook_idna as subdomain_hook
+    parsed = urlsplit(subdomain_host)
+    host = subdomain_hook(GATEWAY_SERVICE, parsed.hostname, kind="service")
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{host}{port}"
+
+
 def default_data_dir() -> str:
     """``--data-dir``'s default for ``clusterhub up`` and ``clusterhub build`` alike."""
     return ROOT_DATA_DIR if os.geteuid() == 0 else os.path.expanduser(USER_DATA_DIR)

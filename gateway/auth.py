@@ -16,6 +16,7 @@ from aiohttp import web
 from dask_gateway_server import models
 from dask_gateway_server.auth import JupyterHubAuthenticator
 from dask_gateway_server.routes import api_handler
+from traitlets import Unicode
 
 from .dashboards import DashboardGate
 
@@ -50,11 +51,24 @@ async def list_all_clusters(request: web.Request) -> web.Response:
 class HubAuthenticator(JupyterHubAuthenticator):
     """``JupyterHubAuthenticator`` whose users are :class:`SpaceUser` (admins see all)."""
 
+    subdomain_host = Unicode(
+        "",
+        config=True,
+        help="""The hub's ``JupyterHub.subdomain_host`` (e.g. ``https://hub.example.org``),
+        when users and services are served on subdomains of their own: the dashboards'
+        login then goes to the hub there and comes back to this service's subdomain.""",
+    )
+
     async def setup(self, app: web.Application) -> None:
         await super().setup(app)
         app.router.add_get(ADMIN_CLUSTERS_ROUTE, list_all_clusters)
         # The dashboards' login is the hub's, as this service (see dashboards.py).
-        DashboardGate(self.jupyterhub_api_token, self.jupyterhub_api_url, self.log).install(app)
+        DashboardGate(
+            self.jupyterhub_api_token,
+            self.jupyterhub_api_url,
+            self.log,
+            subdomain_host=self.subdomain_host,
+        ).install(app)
 
     async def authenticate(self, request):
         user = await super().authenticate(request)

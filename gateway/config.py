@@ -108,6 +108,8 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     c.Proxy.tcp_address = f"{settings.ip}:{settings.gateway_tcp_port}"
 
     c.DaskGateway.backend_class = "clusterhub.gateway.kube.KubeSpaceBackend"
+    # Per-user subdomains (the chart's hub.subdomains): the dashboards' login crosses origins.
+    c.HubAuthenticator.subdomain_host = kube.get("subdomain_host", "")
     backend = c.KubeSpaceBackend
     os.makedirs(settings.path("gateway"), exist_ok=True)
     backend.db_url = "sqlite:///" + settings.path("gateway", "gateway.sqlite")

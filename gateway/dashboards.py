@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from clusterhub.settings import GATEWAY_PREFIX, GATEWAY_SERVICE
+from clusterhub.settings import GATEWAY_PREFIX, GATEWAY_SERVICE, gateway_origin
 
 from .dashboard_lock import KEY_ENV, KEY_HEADER
 
@@ -91,7 +91,7 @@ def _mac(key: bytes, message: bytes) -> bytes:
 class DashboardGate:
     """The gate's routes on the gateway's aiohttp app (see the module's docstring)."""
 
-    def __init__(self, secret: str, hub_api_url: str, log: Any):
+    def __init__(self, secret: str, hub_api_url: str, log: Any, subdomain_host: str = ""):
         if not secret:
             raise ValueError("the dashboard gate needs the gateway's hub API token")
         root = hashlib.sha256(b"clusterhub dashboards\0" + secret.encode()).digest()
@@ -99,6 +99,11 @@ class DashboardGate:
         self._cookie_root = _mac(root, b"cookie")
         self._scheduler_root = _mac(root, b"scheduler")
         self.hub_api_url = hub_api_url.rstrip("/")
+        # Under per-user subdomains the hub and this service are origins of their own: the
+        # login goes to the hub's and the hub sends it back to ours (the redirect URI it
+        # registered for the service). Without them both are paths on one origin.
+        self.hub_origin = subdomain_host.rstrip("/")
+        self.redirect_uri = gateway_origin(subdomain_host) + GATEWAY_PREFIX + CALLBACK_ROUTE
         self.client_secret = secret
         self.log = log
         self.session: aiohttp.ClientSession | None = None
@@ -199,16 +204,15 @@ class DashboardGate:
     # -- the hub login (OAuth, as the gateway's service) -----------------------------------
     def _login(self, request: web.Request) -> web.StreamResponse:
         state = secrets.token_urlsafe(16)
-        hub = GATEWAY_PREFIX.split("services/", 1)[0]
         query = urllib.parse.urlencode(
             {
                 "client_id": f"service-{GATEWAY_SERVICE}",
-                "redirect_uri": f"{GATEWAY_PREFIX}{CALLBACK_ROUTE}",
+                "redirect_uri": self.redirect_uri,
                 "response_type": "code",
                 "state": state,
             }
         )
-        response = self._redirect(f"{hub}hub/api/oauth2/authorize?{query}")
+        response = self._redirect(f"{self.hub_origin}/hub/api/oauth2/authorize?{query}")
         back = f"{GATEWAY_PREFIX}/clusters/{request.match_info['name']}/"
         back += request.match_info["rest"].removeprefix("/")
         if request.query_string:
@@ -257,7 +261,7 @@ class DashboardGate:
             "client_secret": self.client_secret,
             "grant_type": "authorization_code",
             "code": code,
-            "redirect_uri": f"{GATEWAY_PREFIX}{CALLBACK_ROUTE}",
+            "redirect_uri": self.redirect_uri,
         }
         timeout = aiohttp.ClientTimeout(total=30)
         async with client.post(

@@ -12,7 +12,7 @@ from tornado import web
 from traitlets import HasTraits, List, Unicode, default, validate
 
 from clusterhub import profiles as profile_rules
-from clusterhub.settings import GATEWAY_PREFIX
+from clusterhub.settings import GATEWAY_PREFIX, gateway_origin
 from clusterhub.usererror import UserError
 
 
@@ -81,9 +81,13 @@ class SpaceSpawnerMixin(HasTraits):
         """What makes ``Gateway()`` in a kernel work with no arguments."""
         if not self.gateway_url:
             return {}
+        # Dashboard links: under the hub's address, or, with per-user subdomains, on the
+        # gateway's own subdomain (the user's has no route to the gateway).
+        settings = getattr(getattr(self, "user", None), "settings", None) or {}
+        origin = gateway_origin(settings.get("subdomain_host", ""), settings.get("subdomain_hook"))
         env = {
             "DASK_GATEWAY__ADDRESS": self.gateway_url,
-            "DASK_GATEWAY__PUBLIC_ADDRESS": GATEWAY_PREFIX,
+            "DASK_GATEWAY__PUBLIC_ADDRESS": origin + GATEWAY_PREFIX,
             "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
         }
         if self.gateway_proxy_address:

@@ -80,12 +80,13 @@ KUBERNETES_KEYS = {
     "gateway_proxy_address",
     "cluster_start_timeout",
     "worker_start_timeout",
+    "subdomain_host",
     "kube_api_cidrs",
     "user_node_selector",
     "user_tolerations",
     "space_roles",
 }
-CASES = ["default", "workshop-150", "enterprise", "engines", "https-secret"]
+CASES = ["default", "workshop-150", "enterprise", "engines", "https-secret", "subdomains"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -1098,6 +1099,28 @@ BAD_VALUES = {
         "/placeholders/priority",
     ),
     "ingress-without-hosts": ({"ingress": {"enabled": True}}, "ingress.hosts"),
+    "subdomains-without-host": (
+        {"hub": {"subdomains": {"enabled": True, "host": ""}}},
+        "hub.subdomains.host is required",
+    ),
+    "subdomains-host-not-enabled": (
+        {"hub": {"subdomains": {"enabled": False, "host": "hub.example.org"}}},
+        "hub.subdomains.host is only used with hub.subdomains.enabled",
+    ),
+    "subdomains-host-not-a-name": (
+        {"hub": {"subdomains": {"enabled": True, "host": "https://Hub.example.org/"}}},
+        "/hub/subdomains/host",
+    ),
+    "subdomains-tls-host-not-served": (
+        {
+            "hub": {"subdomains": {"enabled": True, "host": "hub.example.org"}},
+            "ingress": {
+                "enabled": True,
+                "tls": [{"secretName": "tls", "hosts": ["*.other.example.org"]}],
+            },
+        },
+        "ingress.tls[0].hosts",
+    ),
     "ingress-tls-host-not-served": (
         {
             "ingress": {
@@ -1306,3 +1329,48 @@ def test_the_gateway_key_can_come_from_a_secret_the_operator_manages(
     gateway = _container(_by_component(default, "Deployment", ko.GATEWAY_COMPONENT), "gateway")
     assert "CLUSTERHUB_GATEWAY_ENCRYPT_KEY" not in {e["name"] for e in gateway["env"]}
     assert _gateway_settings(rendered_default)["gateway_encrypt_key"]
+
+
+def test_subdomains_serve_each_user_and_the_gateway_on_names_of_their_own(
+    rendered, tmp_path, monkeypatch
+):
+    """hub.subdomains: the Ingress serves the hub's name and its wildcard, and the setting
+    reaches the hub (JupyterHub.subdomain_host, https: the Ingress has TLS) and the gateway
+    (its dashboards' login comes back to the gateway's own subdomain)."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.hubconfig import configure_hub
+    from clusterhub.settings import PlatformSettings, gateway_origin
+
+    objects = rendered("subdomains")
+    ingress = _one(objects, "Ingress")
+    assert [r["host"] for r in ingress["spec"]["rules"]] == [
+        "hub.example.org",
+        "*.hub.example.org",
+    ]
+    assert ingress["spec"]["tls"][0]["hosts"] == ["hub.example.org", "*.hub.example.org"]
+    loaded = []
+    for name, settings in (("hub", _settings(objects)), ("gateway", _gateway_settings(objects))):
+        assert settings["kubernetes"]["subdomain_host"] == "https://hub.example.org"
+        settings["data_dir"] = str(tmp_path)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(settings))
+        loaded.append(PlatformSettings.load(str(path)))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    hub, gateway = Config(), Config()
+    configure_hub(hub, loaded[0])
+    configure_gateway(gateway, loaded[1])
+    assert hub.JupyterHub.subdomain_host == "https://hub.example.org"
+    assert gateway.HubAuthenticator.subdomain_host == "https://hub.example.org"
+    # JupyterHub's own naming of a service's subdomain.
+    origin = gateway_origin("https://hub.example.org")
+    assert origin == "https://dask-gateway--service.hub.example.org"
+    # Without the option: no subdomains anywhere.
+    plain = _settings(rendered("default"))
+    assert plain["kubernetes"]["subdomain_host"] == ""
+    settings = {**plain, "data_dir": str(tmp_path)}
+    (tmp_path / "plain.json").write_text(json.dumps(settings))
+    c = Config()
+    configure_hub(c, PlatformSettings.load(str(tmp_path / "plain.json")))
+    assert "subdomain_host" not in c.JupyterHub

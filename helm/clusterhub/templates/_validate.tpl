@@ -24,6 +24,14 @@ Included once, from hub-secret.yaml (always rendered).
 {{- fail "hub.adminPassword must differ from hub.workshopCode" -}}
 {{- end -}}
 
+{{- /* hub: per-user subdomains need the hub's host name */ -}}
+{{- if and $v.hub.subdomains.enabled (not $v.hub.subdomains.host) -}}
+{{- fail "hub.subdomains.host is required with hub.subdomains.enabled: the hub's host name, e.g. hub.example.org (users are then served at <user>.hub.example.org)" -}}
+{{- end -}}
+{{- if and $v.hub.subdomains.host (not $v.hub.subdomains.enabled) -}}
+{{- fail "hub.subdomains.host is only used with hub.subdomains.enabled=true" -}}
+{{- end -}}
+
 {{- /* gateway: one source for the database key */ -}}
 {{- if and $v.gateway.encryptKey $v.gateway.existingSecret -}}
 {{- fail "gateway.encryptKey and gateway.existingSecret: set one of them, not both (the key or the Secret that holds it under encrypt-key)" -}}
@@ -127,13 +135,17 @@ Included once, from hub-secret.yaml (always rendered).
 
 {{- /* ingress */ -}}
 {{- if $v.ingress.enabled -}}
-{{- if not $v.ingress.hosts -}}
-{{- fail "ingress.enabled needs at least one entry in ingress.hosts" -}}
+{{- $served := $v.ingress.hosts -}}
+{{- if $v.hub.subdomains.enabled -}}
+{{- $served = concat $served (list $v.hub.subdomains.host (printf "*.%s" $v.hub.subdomains.host)) -}}
+{{- end -}}
+{{- if not $served -}}
+{{- fail "ingress.enabled needs at least one entry in ingress.hosts (or hub.subdomains)" -}}
 {{- end -}}
 {{- range $i, $t := $v.ingress.tls -}}
 {{- range $h := $t.hosts -}}
-{{- if not (has $h $v.ingress.hosts) -}}
-{{- fail (printf "ingress.tls[%d].hosts: %q is not in ingress.hosts" $i $h) -}}
+{{- if not (has $h $served) -}}
+{{- fail (printf "ingress.tls[%d].hosts: %q is not in ingress.hosts (nor hub.subdomains' names)" $i $h) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
