@@ -186,6 +186,28 @@ def _gateway_settings(objects) -> dict[str, Any]:
     return json.loads(base64.b64decode(secret["data"][item["key"]]))
 
 
+def _hub_and_gateway_config(objects, tmp_path: Path, monkeypatch) -> tuple[Any, Any]:
+    """The traitlets config the hub pod and the gateway pod make from their rendered
+    settings files."""
+    from traitlets.config import Config
+
+    from clusterhub.gateway.config import configure_gateway
+    from clusterhub.hubconfig import configure_hub
+    from clusterhub.settings import PlatformSettings
+
+    loaded = []
+    for name, settings in (("hub", _settings(objects)), ("gateway", _gateway_settings(objects))):
+        settings["data_dir"] = str(tmp_path)
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(settings))
+        loaded.append(PlatformSettings.load(str(path)))
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
+    hub, gateway = Config(), Config()
+    configure_hub(hub, loaded[0])
+    configure_gateway(gateway, loaded[1])
+    return hub, gateway
+
+
 def _gateway_config(settings: dict[str, Any], tmp_path: Path, monkeypatch) -> Any:
     """The traitlets config the gateway pod's config module makes from ``settings``."""
     from traitlets.config import Config
@@ -1256,26 +1278,13 @@ def test_the_api_servers_cidrs_reach_the_spawner(helm, values_dir, tmp_path):
 def test_every_user_pod_goes_to_the_users_nodes(rendered, tmp_path, monkeypatch):
     """workshop-150 taints its users' pool: notebooks, engines and Dask pods must all
     tolerate it and select it, or none of them can ever be placed."""
-    from traitlets.config import Config
 
-    from clusterhub.gateway.config import configure_gateway
-    from clusterhub.hubconfig import configure_hub
     from clusterhub.profiles import validate_options, validate_profiles
-    from clusterhub.settings import PlatformSettings
     from clusterhub.spawner.kubespace import make_space_objects
 
     objects = rendered("workshop-150")
     users = [{"key": "clusterhub.io/users", "operator": "Exists", "effect": "NoSchedule"}]
-    loaded = []
-    for name, settings in (("hub", _settings(objects)), ("gateway", _gateway_settings(objects))):
-        settings["data_dir"] = str(tmp_path)
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(settings))
-        loaded.append(PlatformSettings.load(str(path)))
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
-    hub, gateway = Config(), Config()
-    configure_hub(hub, loaded[0])
-    configure_gateway(gateway, loaded[1])
+    hub, gateway = _hub_and_gateway_config(objects, tmp_path, monkeypatch)
     # the notebook pod (KubeSpawner's own traits)
     assert hub.KubeSpaceSpawner.node_selector == {"node-pool": "users"}
     assert hub.KubeSpaceSpawner.tolerations == users
@@ -1284,7 +1293,10 @@ def test_every_user_pod_goes_to_the_users_nodes(rendered, tmp_path, monkeypatch)
     assert gateway.KubeSpaceClusterConfig.tolerations == users
     # the engines, as the spawner makes them
     profiles = validate_profiles(
-        [dict(p, engines=["spark", "ipyparallel"]) for p in loaded[0].kubernetes["profiles"]]
+        [
+            dict(p, engines=["spark", "ipyparallel"])
+            for p in _settings(objects)["kubernetes"]["profiles"]
+        ]
     )
     options = validate_options(profiles, {"profile": profiles[0]["slug"]})
     space = make_space_objects(
@@ -1339,7 +1351,6 @@ def test_subdomains_serve_each_user_and_the_gateway_on_names_of_their_own(
     (its dashboards' login comes back to the gateway's own subdomain)."""
     from traitlets.config import Config
 
-    from clusterhub.gateway.config import configure_gateway
     from clusterhub.hubconfig import configure_hub
     from clusterhub.settings import PlatformSettings, gateway_origin
 
@@ -1350,17 +1361,9 @@ def test_subdomains_serve_each_user_and_the_gateway_on_names_of_their_own(
         "*.hub.example.org",
     ]
     assert ingress["spec"]["tls"][0]["hosts"] == ["hub.example.org", "*.hub.example.org"]
-    loaded = []
-    for name, settings in (("hub", _settings(objects)), ("gateway", _gateway_settings(objects))):
+    for settings in (_settings(objects), _gateway_settings(objects)):
         assert settings["kubernetes"]["subdomain_host"] == "https://hub.example.org"
-        settings["data_dir"] = str(tmp_path)
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(settings))
-        loaded.append(PlatformSettings.load(str(path)))
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://hub:8081/hub/api")
-    hub, gateway = Config(), Config()
-    configure_hub(hub, loaded[0])
-    configure_gateway(gateway, loaded[1])
+    hub, gateway = _hub_and_gateway_config(objects, tmp_path, monkeypatch)
     assert hub.JupyterHub.subdomain_host == "https://hub.example.org"
     assert gateway.HubAuthenticator.subdomain_host == "https://hub.example.org"
     # JupyterHub's own naming of a service's subdomain.
