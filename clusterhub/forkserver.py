@@ -11,16 +11,17 @@ The fork server is the requester's child and talks to it alone, over its standar
 (requests) and output (answers), one JSON line each way. A request::
 
     {"argv": ["dask", "worker", ...], "env": {...}, "cwd": "...", "log": "..." or null,
-     "account": {...} or null, "fence": {...} or null, "oom_score_adj": N or null}
+     "account": {...} or null, "fence": {...} or null, "oom_score_adj": N or null,
+     "hostname": "..." or null}
 
 forks a child that becomes that command as an ``exec`` would: a session of its own, the log
 file (made new, never followed through a link) as its output, ``/dev/null`` as its input,
-its OOM score adjustment, the user's control group, then the user's account (before it
-touches anything the user controls), the working directory and the environment; then it
-runs the console script ``argv[0]`` names, and exits as that script's process would
-(``atexit`` handlers, threads joined). The answer is ``{"pid": N}``, or ``{"error": "..."}``
-when it could not fork. Without a log the child writes where the fork server's standard
-error goes.
+its OOM score adjustment, a hostname of its own (a UTS namespace), the user's control
+group, then the user's account (before it touches anything the user controls), the working
+directory and the environment; then it runs the console script ``argv[0]`` names, and exits
+as that script's process would (``atexit`` handlers, threads joined). The answer is
+``{"pid": N}``, or ``{"error": "..."}`` when it could not fork. Without a log the child
+writes where the fork server's standard error goes.
 
 The fork server reaps its children at once, so a pid that answers signal 0 is alive. When
 its requester closes the pipe it exits; children it forked run on, adopted by init.
@@ -89,6 +90,10 @@ def _take_on(job: dict) -> None:
     os.close(null)
     if job.get("oom_score_adj") is not None:
         set_oom_score_adj(int(job["oom_score_adj"]))
+    if job.get("hostname"):
+        from clusterhub.hostnames import enter_own_uts
+
+        enter_own_uts(job["hostname"])
     from clusterhub.accounts import identity_of
 
     account, fence = identity_of(job)

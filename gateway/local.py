@@ -39,6 +39,7 @@ from traitlets import Bool, Float, Unicode, default
 from clusterhub import admission
 from clusterhub.accounts import identity_of
 from clusterhub.forkserver import set_oom_score_adj
+from clusterhub.hostnames import can_have_own_hostnames, enter_own_uts, worker_hostname
 from clusterhub.space import LocalSpace
 
 from .dashboards import DashboardRoutes
@@ -99,6 +100,15 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         past the owner's fence, is the one the kernel's OOM killer ends (its OOM score is
         raised), not the user's notebook; ``client.restart()`` needs nannies.
         """,
+    )
+
+    worker_hostnames = Bool(
+        True,
+        config=True,
+        help="""As root, run each worker in a UTS namespace of its own, with a hostname that
+        names it (``alice-dask-3``: the owner's space, the engine, the worker's number in its
+        cluster), so that the hostnames view shows workers as the hosts they would be on a
+        real cluster. Only the hostname differs; network and files are the machine's.""",
     )
 
     # A start's timeout counts from its turn (see _turn_then), when it gets most of a core;
@@ -241,9 +251,14 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         # Past its owner's fence, the kernel's OOM killer ends a worker (whose results the
         # scheduler can compute again), not the notebook or the kernel with the user's work.
         oom_score_adj = WORKER_OOM_SCORE_ADJ if name != "scheduler" else None
-        pid = await self._fork_server.start(cmd, env, work, log_path, identity, oom_score_adj)
+        hostname = self.worker_hostname(cluster, name)
+        pid = await self._fork_server.start(
+            cmd, env, work, log_path, identity, oom_score_adj, hostname
+        )
         if pid is None:
-            pid = await self._start_cold(cmd, env, work, log_path, identity, oom_score_adj)
+            pid = await self._start_cold(
+                cmd, env, work, log_path, identity, oom_score_adj, hostname
+            )
         turn = self._turns.pop((cluster.name, name), None)
         if turn is not None:
             # Its imports are done once it listens (a worker under a nanny: once the nanny
@@ -271,14 +286,33 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         if workdir is not None:
             self.cleanup_working_directory(workdir)
 
+    def worker_hostname(self, cluster, process_name: str) -> str | None:
+        """The hostname of a worker process (``worker-<name>``), or None to keep the
+        machine's (a scheduler, not root, or ``worker_hostnames`` off)."""
+        worker = process_name.removeprefix("worker-")
+        if worker == process_name or not self.worker_hostnames or not can_have_own_hostnames():
+            return None
+        names = list(cluster.workers)
+        number = names.index(worker) + 1 if worker in names else len(names) + 1
+        return worker_hostname(self.space(cluster.username).name, "dask", number)
+
     async def _start_cold(
-        self, cmd, env, cwd: str, log_path: str, identity: dict, oom_score_adj: int | None
+        self,
+        cmd,
+        env,
+        cwd: str,
+        log_path: str,
+        identity: dict,
+        oom_score_adj: int | None,
+        hostname: str | None = None,
     ) -> int:
         account, fence = identity_of(identity)
 
         def preexec() -> None:  # in the child: the owner's group, then the owner's account
             if oom_score_adj is not None:
                 set_oom_score_adj(oom_score_adj)
+            if hostname:
+                enter_own_uts(hostname)
             if fence is not None:
                 fence.join()
             if account is not None:

@@ -44,6 +44,7 @@ BASE_VARIABLES = ("PATH", "LANG", "LC_ALL", procs.PLATFORM_MARKER)
 # code (the dashboard included), and what a child needs to take on its user's identity.
 DASK_PRELOAD = (
     "clusterhub.accounts",
+    "clusterhub.hostnames",
     "dask.cli",
     "distributed.cli.dask_scheduler",
     "distributed.cli.dask_worker",
@@ -108,11 +109,13 @@ class DaskForkServer:
         log_path: str,
         identity: Mapping | None = None,
         oom_score_adj: int | None = None,
+        hostname: str | None = None,
     ) -> int | None:
         """Fork ``cmd`` and return its pid; None if the fork server cannot serve it.
 
         ``identity``: ``{"account": ..., "fence": ...}`` of the user it runs for, or None to
-        stay the gateway's account; ``oom_score_adj``: the child's, if not the default."""
+        stay the gateway's account; ``oom_score_adj``: the child's, if not the default;
+        ``hostname``: a UTS namespace of its own with that name (as root)."""
         if self._closed or not self.enabled:
             return None
         target = fingerprint(cmd, env)
@@ -135,6 +138,7 @@ class DaskForkServer:
                 "account": (identity or {}).get("account"),
                 "fence": (identity or {}).get("fence"),
                 "oom_score_adj": oom_score_adj,
+                "hostname": hostname,
             }
             answer = await self._ask(job)
         if answer is None or "pid" not in answer:

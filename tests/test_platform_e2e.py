@@ -25,6 +25,7 @@ from hubclient import (
     space_processes,
     started_user,
 )
+from waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -123,11 +124,31 @@ def test_each_user_gets_a_dask_cluster_with_no_arguments(platform, alice, bob, k
             "client.wait_for_workers(2, timeout=120)\n"
             "hosts = client.gather(client.map(lambda i: socket.gethostname(), range(20)))\n"
             "print(len(hosts), len(client.scheduler_info()['workers']), cluster.name)\n"
+            "print(','.join(sorted(set(hosts))), socket.gethostname())\n"
         )
-        count, workers, name = out.split()
+        counts, names = out.strip().splitlines()
+        count, workers, name = counts.split()
         assert (count, workers) == ("20", "2")
         user.cluster_name = name
+        # As root each worker is a host of its own, named after it; the notebook (and the
+        # machine) keep the machine's hostname.
+        hosts, notebook_host = names.split()
+        if os.geteuid() == 0:
+            assert hosts == f"{user.name}-dask-1,{user.name}-dask-2", out
+        assert notebook_host == socket.gethostname()
     assert alice.cluster_name != bob.cluster_name
+    # The sidebar's view of bob's cluster names those hosts too.
+    if os.geteuid() == 0:
+        route = f"clusterhub/api/clusters/dask/{bob.cluster_name}/tasks"
+
+        def hosts_seen() -> set:
+            answer = bob.server_api("GET", route)
+            assert answer.status_code == 200, answer.text
+            return set(answer.json()["workers"].values())
+
+        wait_for(
+            lambda: hosts_seen() == {"bob-dask-1", "bob-dask-2"}, 60, "bob's workers' hostnames"
+        )
 
 
 def test_clusters_run_with_the_quiet_dask_settings(bob, kernels):

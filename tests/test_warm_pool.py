@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 
 import psutil
@@ -117,7 +118,8 @@ async def test_forked_scheduler_and_worker_run_as_requested(tmp_path):
 
         worker_log = str(cluster_dir / "worker.log")
         cmd = worker_command(address)
-        worker_pid = await server.start(cmd, env, str(cluster_dir), worker_log, None, 500)
+        own_host = "ada-dask-1" if os.geteuid() == 0 else None  # UTS namespaces need root
+        worker_pid = await server.start(cmd, env, str(cluster_dir), worker_log, None, 500, own_host)
         assert worker_pid is not None and worker_pid != pid
         pids.append(worker_pid)
 
@@ -126,6 +128,7 @@ async def test_forked_scheduler_and_worker_run_as_requested(tmp_path):
 
             def look() -> dict:
                 import os
+                import socket
 
                 import dask
 
@@ -138,6 +141,7 @@ async def test_forked_scheduler_and_worker_run_as_requested(tmp_path):
                     "cwd": os.getcwd(),
                     "failures": dask.config.get("distributed.scheduler.allowed-failures"),
                     "oom": oom,
+                    "hostname": socket.gethostname(),
                 }
 
             on_scheduler = await client.run_on_scheduler(look)
@@ -149,6 +153,8 @@ async def test_forked_scheduler_and_worker_run_as_requested(tmp_path):
             assert seen["cwd"] == str(cluster_dir)
         assert int(on_scheduler["failures"]) == 7
         assert (on_scheduler["oom"], on_worker["oom"]) == (0, 500)
+        assert on_worker["hostname"] == (own_host or socket.gethostname())
+        assert on_scheduler["hostname"] == socket.gethostname(), "only the worker's differs"
         # Both are the fork server's children, each in a session of its own; the worker has
         # no nanny: it is the process the gateway started.
         assert on_worker["pid"] == worker_pid and on_scheduler["pid"] == pid
