@@ -475,6 +475,63 @@ def test_a_memory_hog_loses_its_kernel_and_nothing_else(platform, bob_kernel):
 
 
 @fenced
+def test_a_worker_over_the_fence_is_the_one_that_goes_and_the_gateway_replaces_it(platform):
+    """Workers have no nanny on one machine: past its owner's fence a worker's task makes
+    the OOM killer take the worker (its OOM score is raised), not the kernel or the server,
+    and the gateway starts a new worker for the cluster."""
+    erin = started(platform, "erin", profile="small")  # fence: 1 + 1 x 1 GiB
+    fence = Fence(platform_id(platform.data_dir), safe_name("erin"))
+    (server,) = marked_processes_named(platform, "erin", "clusterhub-singleuser")
+    kernel = erin.kernel()
+    try:
+        out = run(
+            kernel,
+            """
+            import os
+            from dask_gateway import Gateway
+            cluster = Gateway().new_cluster()
+            cluster.scale(1)
+            client = cluster.get_client()
+            client.wait_for_workers(1, timeout=120)
+            (first,) = client.scheduler_info()["workers"]
+            print(first, client.run(os.getpid)[first], os.getpid())
+            """,
+        )
+        first, worker_pid, kernel_pid = out.split()
+        run(
+            kernel,
+            """
+            def hog():
+                chunks = []
+                while True:
+                    chunks.append(bytearray(256 << 20))
+            future = client.submit(hog, pure=False)
+            """,
+        )
+        deadline = time.monotonic() + 120
+        while psutil.pid_exists(int(worker_pid)):
+            assert time.monotonic() < deadline, "the worker was not stopped by its fence"
+            time.sleep(0.2)
+        assert fence.oom_kills() >= 1
+        # The kernel (with its variables) and the server are the ones that stayed.
+        alive = run(kernel, "client.cancel(future)\nprint(os.getpid(), first)").split()
+        assert alive == [kernel_pid, first]
+        assert server.is_running()
+        out = run(
+            kernel,
+            """
+            client.wait_for_workers(1, timeout=180)
+            print(list(client.scheduler_info()["workers"]) != [first])
+            print(sum(client.gather(client.map(lambda x: x + 1, range(10)))))
+            cluster.shutdown()
+            """,
+        )
+        assert out.split() == ["True", "55"], "a new worker, and it computes"
+    finally:
+        _in_background(kernel.close).join(10)
+
+
+@fenced
 def test_a_fork_bomb_stops_at_the_pids_limit(platform, bob_kernel):
     dave = started(platform, "dave", profile="small")
     kernel = dave.kernel()
