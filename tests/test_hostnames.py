@@ -34,25 +34,42 @@ def test_a_process_gets_its_own_hostname_and_the_machine_keeps_its():
     assert socket.gethostname() != "alice-dask-7"
 
 
-def test_without_root_a_hostname_of_ones_own_is_refused_and_nothing_changes():
-    code = (
-        "import socket\n"
-        "from clusterhub.hostnames import enter_own_uts\n"
-        "before = socket.gethostname()\n"
-        "try:\n"
-        "    enter_own_uts('mine')\n"
-        "except OSError as exc:\n"
-        "    print('refused', exc.errno, socket.gethostname() == before)\n"
+def not_root() -> None:  # as an attendee's own process is
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+
+
+def launched(name: str, code: str) -> subprocess.CompletedProcess:
+    """``code`` run through the launcher as host ``name``, by a process that is not root."""
+    return subprocess.run(
+        [sys.executable, "-m", "clusterhub.hostnames", name, "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        preexec_fn=not_root,
+        cwd="/",
+        timeout=60,
     )
 
-    def not_root() -> None:  # as an attendee's process is
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
 
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=not_root
-    )
+LOOK = "import os, socket; print(socket.gethostname(), os.getuid(), os.getgid())"
+
+
+def test_without_root_a_process_still_gets_its_own_hostname_as_itself():
+    """A user namespace of its own, mapping only its own uid and gid: the engine an
+    attendee starts is a host of its own and still the attendee."""
+    done = launched("dave-ipp-1", LOOK + "; print(open('/proc/self/status').read())")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["refused", "1", "True"]  # EPERM
+    first, status = done.stdout.split("\n", 1)
+    assert first.split() == ["dave-ipp-1", "65534", "65534"]
+    effective = next(line for line in status.splitlines() if line.startswith("CapEff:"))
+    assert int(effective.split()[1], 16) == 0, "no capability after the exec"
+    assert socket.gethostname() != "dave-ipp-1"
+
+
+def test_a_refused_hostname_still_runs_the_command_and_says_why():
+    done = launched("x" * 100, LOOK)  # longer than a hostname may be
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [socket.gethostname(), "65534", "65534"]
+    assert "keeps the machine's hostname" in done.stderr

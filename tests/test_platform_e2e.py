@@ -308,13 +308,22 @@ def test_ipyparallel_profile_maps_over_the_users_engines(platform):
             "squares = rc.load_balanced_view().map_sync(lambda x: x * x, range(20))\n"
             "spaces = set(rc[:].apply_sync(lambda: __import__('os').environ['CLUSTERHUB_SPACE']))\n"
             "print(len(rc.ids), sum(squares), spaces == {os.environ['CLUSTERHUB_SPACE']})\n"
+            "print(','.join(sorted(rc[:].apply_sync(socket.gethostname))), os.getuid())\n"
         )
     finally:
         kernel.close()
-    assert out.strip().splitlines()[-1].split() == ["2", str(sum(x * x for x in range(20))), "True"]
+    counts, hosts = out.strip().splitlines()[-2:]
+    assert counts.split() == ["2", str(sum(x * x for x in range(20))), "True"]
+    # Each engine is a host of its own (its own UTS namespace, made as dave himself: the
+    # engines are his processes), named after it.
+    names, uid = hosts.split()
+    assert names == "dave-ipp-1,dave-ipp-2", out
+    engines = [p for p in space_processes(platform, "dave") if "ipyparallel.engine" in p.cmdline()]
+    assert {p.uids().real for p in engines} == {int(uid)}, "the engines still run as dave"
     outputs = dave.run_notebook("03-ipyparallel-hostnames.ipynb")
     hostnames = ast.literal_eval(outputs[1].strip())
-    assert len(hostnames) == 20 and set(hostnames) == {socket.gethostname()}, outputs
+    assert len(hostnames) == 20, outputs
+    assert set(hostnames) <= {"dave-ipp-1", "dave-ipp-2"}, outputs
     dave.stop_server()
     assert not space_processes(platform, "dave")
 

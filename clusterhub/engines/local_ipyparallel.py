@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from .. import procs
+from ..hostnames import worker_hostname
 from ..space import LocalSpace, read_json, write_json_atomic
 from ..usererror import CONFLICT, UserError
 from .base import EngineStatus, SerialisedEngine
@@ -53,10 +54,17 @@ class LocalIPyParallelEngine(SerialisedEngine):
         env.update({"HOME": self.space.path("ipyparallel"), "IPYTHONDIR": self.ipython_dir})
         return env
 
-    def _launch(self, args: list[str], log_name: str) -> procs.ProcessRecord:
+    def _launch(
+        self, args: list[str], log_name: str, hostname: str | None = None
+    ) -> procs.ProcessRecord:
+        # The space's environment (recorded at spawn), as the notebook's kernels use.
+        python = self.space.environment().python
+        command = [python, "-m", *args]
+        if hostname:
+            # A host of its own, as on a real cluster (see clusterhub.hostnames).
+            command = [python, "-m", "clusterhub.hostnames", hostname, "--", *command]
         return procs.launch_detached(
-            # The space's environment (recorded at spawn), as the notebook's kernels use.
-            [self.space.environment().python, "-m", *args],
+            command,
             env=self._env(),
             cwd=self.space.path("ipyparallel"),
             log_path=self.space.path("ipyparallel", "logs", log_name),
@@ -120,9 +128,15 @@ class LocalIPyParallelEngine(SerialisedEngine):
             raise UserError(
                 "IPyParallel is not running in this space; start it first", status=CONFLICT
             )
-        engines = self._live_engines(state)
+        live = [
+            r for r in state.get("engines", []) if procs.ProcessRecord.from_dict(r).is_running()
+        ]
+        engines = [procs.ProcessRecord.from_dict(r) for r in live]
+        # Each engine's number names its host (alice-ipp-2); a new one takes the lowest free.
+        numbers = [r.get("number") for r in live]
         if len(engines) < workers:
             for _ in range(workers - len(engines)):
+                number = next(n for n in range(1, len(numbers) + 2) if n not in numbers)
                 engines.append(
                     self._launch(
                         [
@@ -131,12 +145,16 @@ class LocalIPyParallelEngine(SerialisedEngine):
                             "--log-level=WARN",
                         ],
                         "engines.log",
+                        hostname=worker_hostname(self.space.name, "ipp", number),
                     )
                 )
+                numbers.append(number)
         elif len(engines) > workers:
             procs.terminate(engines[workers:], timeout=10)
-            engines = engines[:workers]
-        state["engines"] = [e.to_dict() for e in engines]
+            engines, numbers = engines[:workers], numbers[:workers]
+        state["engines"] = [
+            {**e.to_dict(), "number": n} for e, n in zip(engines, numbers, strict=True)
+        ]
         state["requested"] = workers
         self._save(state)
 
