@@ -41,6 +41,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 
 # Signals a fresh process starts with at their defaults (the fork server changes SIGCHLD).
 _RESET_SIGNALS = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE)
@@ -72,6 +73,37 @@ def set_oom_score_adj(value: int) -> None:
         f.write(str(value))
 
 
+def take_identity(identity: Mapping, oom_score_adj: int | None, hostname: str | None) -> None:
+    """In a new process, still root, before it runs anything of the user's: its OOM score
+    adjustment, a hostname of its own, the owner's control group, then the owner's account
+    (``identity``: ``{"account": ..., "fence": ...}``, either may be missing)."""
+    if oom_score_adj is not None:
+        set_oom_score_adj(int(oom_score_adj))
+    if hostname:
+        from clusterhub.hostnames import enter_own_uts
+
+        enter_own_uts(hostname)
+    from clusterhub.accounts import identity_of
+
+    account, fence = identity_of(dict(identity))
+    if fence is not None:
+        fence.join()
+    if account is not None:
+        account.become()
+
+
+def exit_status(result: object) -> int:
+    """The exit status of a process whose ``main()`` returned (or passed to ``sys.exit``)
+    ``result``, as Python gives it: None is 0, a number itself, anything else 1, said on
+    standard error."""
+    if result is None:
+        return 0
+    if isinstance(result, int):
+        return result
+    print(result, file=sys.stderr)
+    return 1
+
+
 def _take_on(job: dict) -> None:
     """In the child: the request's files, session, groups, account, directory, environment."""
     for signum in _RESET_SIGNALS:
@@ -88,19 +120,7 @@ def _take_on(job: dict) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    if job.get("oom_score_adj") is not None:
-        set_oom_score_adj(int(job["oom_score_adj"]))
-    if job.get("hostname"):
-        from clusterhub.hostnames import enter_own_uts
-
-        enter_own_uts(job["hostname"])
-    from clusterhub.accounts import identity_of
-
-    account, fence = identity_of(job)
-    if fence is not None:
-        fence.join()
-    if account is not None:
-        account.become()
+    take_identity(job, job.get("oom_score_adj"), job.get("hostname"))
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
@@ -127,15 +147,9 @@ def _run(job: dict) -> int:
         os.write(2, f"clusterhub fork server: cannot start {job['argv'][:2]}: {exc}\n".encode())
         return 127
     try:
-        result = main()
+        return exit_status(main())
     except SystemExit as exc:
-        result = exc.code
-    if result is None:
-        return 0
-    if isinstance(result, int):
-        return result
-    print(result, file=sys.stderr)
-    return 1
+        return exit_status(exc.code)
 
 
 def serve(requests, answers) -> dict | None:

@@ -16,6 +16,8 @@ import atexit
 import os
 import sys
 
+from .forkserver import exit_status
+
 COMMAND = "clusterhub-singleuser"
 # What an environment built before this command existed runs instead.
 PLAIN_COMMAND = "jupyterhub-singleuser"
@@ -32,13 +34,6 @@ def server_command(configured: list[str], environment) -> list[str]:
     ):
         configured = [PLAIN_COMMAND, *configured[1:]]
     return environment.rebase_command(configured)
-
-
-def exit_status(result: object) -> int:
-    """The process's exit status for what a ``main()`` returned or passed to ``sys.exit``."""
-    if result is None:
-        return 0
-    return result if isinstance(result, int) else 1
 
 
 def main() -> None:

@@ -584,8 +584,8 @@ def describe_isolation(settings: PlatformSettings) -> list[str]:
 def describe_expected(expect: int, available_bytes: int) -> list[str]:
     """What a room of ``expect`` attendees needs of the machine's memory, and whether it fits.
 
-    Every start is already warm (servers, schedulers and workers fork from parents that
-    imported everything, see clusterhub.forkserver): what a room needs ahead is memory."""
+    Every Dask start is already warm (schedulers and workers fork from a parent that
+    imported Dask, see clusterhub.forkserver): what a room needs ahead is memory."""
     need = expect * ATTENDEE_BYTES
     lines = [
         f"  expected:      {expect} attendees need about {need / 2**30:.1f} GiB "

@@ -38,8 +38,8 @@ from traitlets import Bool, Float, Unicode, default
 
 from clusterhub import admission
 from clusterhub.accounts import identity_of
-from clusterhub.forkserver import set_oom_score_adj
-from clusterhub.hostnames import can_have_own_hostnames, enter_own_uts, worker_hostname
+from clusterhub.forkserver import take_identity
+from clusterhub.hostnames import can_have_own_hostnames, worker_hostname
 from clusterhub.space import LocalSpace
 
 from .dashboards import DashboardRoutes
@@ -251,7 +251,7 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         # Past its owner's fence, the kernel's OOM killer ends a worker (whose results the
         # scheduler can compute again), not the notebook or the kernel with the user's work.
         oom_score_adj = WORKER_OOM_SCORE_ADJ if name != "scheduler" else None
-        hostname = self.worker_hostname(cluster, name)
+        hostname = self.hostname_of(cluster, name)
         pid = await self._fork_server.start(
             cmd, env, work, log_path, identity, oom_score_adj, hostname
         )
@@ -286,7 +286,7 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         if workdir is not None:
             self.cleanup_working_directory(workdir)
 
-    def worker_hostname(self, cluster, process_name: str) -> str | None:
+    def hostname_of(self, cluster, process_name: str) -> str | None:
         """The hostname of a worker process (``worker-<name>``), or None to keep the
         machine's (a scheduler, not root, or ``worker_hostnames`` off)."""
         worker = process_name.removeprefix("worker-")
@@ -306,17 +306,8 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
         oom_score_adj: int | None,
         hostname: str | None = None,
     ) -> int:
-        account, fence = identity_of(identity)
-
-        def preexec() -> None:  # in the child: the owner's group, then the owner's account
-            if oom_score_adj is not None:
-                set_oom_score_adj(oom_score_adj)
-            if hostname:
-                enter_own_uts(hostname)
-            if fence is not None:
-                fence.join()
-            if account is not None:
-                account.become()
+        def preexec() -> None:  # in the child, as the fork server's children do
+            take_identity(identity, oom_score_adj, hostname)
             os.chdir(cwd)
 
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW

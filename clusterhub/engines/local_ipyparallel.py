@@ -77,9 +77,14 @@ class LocalIPyParallelEngine(SerialisedEngine):
         rec = procs.ProcessRecord.from_dict(record)
         return rec if rec.is_running() else None
 
+    @staticmethod
+    def _live_entries(state: dict) -> list[dict]:
+        """The state's entries of engines still running (each a record and its number)."""
+        entries = state.get("engines", [])
+        return [e for e in entries if procs.ProcessRecord.from_dict(e).is_running()]
+
     def _live_engines(self, state: dict) -> list[procs.ProcessRecord]:
-        records = [procs.ProcessRecord.from_dict(r) for r in state.get("engines", [])]
-        return [r for r in records if r.is_running()]
+        return [procs.ProcessRecord.from_dict(e) for e in self._live_entries(state)]
 
     def prepare(self) -> None:
         os.makedirs(os.path.join(self.profile_dir, "security"), exist_ok=True)
@@ -128,10 +133,8 @@ class LocalIPyParallelEngine(SerialisedEngine):
             raise UserError(
                 "IPyParallel is not running in this space; start it first", status=CONFLICT
             )
-        live = [
-            r for r in state.get("engines", []) if procs.ProcessRecord.from_dict(r).is_running()
-        ]
-        engines = [procs.ProcessRecord.from_dict(r) for r in live]
+        live = self._live_entries(state)
+        engines = [procs.ProcessRecord.from_dict(e) for e in live]
         # Each engine's number names its host (alice-ipp-2); a new one takes the lowest free.
         numbers = [r.get("number") for r in live]
         if len(engines) < workers:
