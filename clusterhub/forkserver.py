@@ -80,9 +80,9 @@ def take_identity(identity: Mapping, oom_score_adj: int | None, hostname: str | 
     if oom_score_adj is not None:
         set_oom_score_adj(int(oom_score_adj))
     if hostname:
-        from clusterhub.hostnames import enter_own_uts
+        from clusterhub.hostnames import enter_own_host
 
-        enter_own_uts(hostname)
+        enter_own_host(hostname)
     from clusterhub.accounts import identity_of
 
     account, fence = identity_of(dict(identity))

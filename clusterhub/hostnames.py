@@ -13,8 +13,14 @@ Its uid, files and permissions are the same inside as out; after the ``exec`` it
 capability. Where neither works, workers are shown by name instead (see
 ``clusterhub.labextension.task_places``).
 
-Run as ``python -m clusterhub.hostnames NAME -- COMMAND...`` to exec ``COMMAND`` as host
-``NAME`` (or, if that is refused, as it is, saying why on standard error).
+A worker whose peers must reach it by its name (Spark's: an executor is known by its
+worker's host) also gets a mount namespace in which ``/etc/hosts`` is the machine's plus the
+space's worker names, at 127.0.0.1, as a cluster's DNS would name its nodes; its driver
+gets the same file, keeping the machine's hostname. Every other name resolves as before.
+
+Run as ``python -m clusterhub.hostnames NAME [--hosts FILE] -- COMMAND...`` to exec
+``COMMAND`` as host ``NAME`` (``-``: the machine's), with ``FILE`` as its ``/etc/hosts``, or,
+if that is refused, as it is, saying why on standard error.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import re
 import sys
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWUSER = 0x10000000
 HOSTNAME_MAX = 63  # a DNS label, and below the kernel's 64
@@ -41,16 +48,50 @@ def can_have_own_hostnames() -> bool:
     return os.geteuid() == 0 and os.path.exists("/proc/self/ns/uts")
 
 
-def enter_own_uts(hostname: str) -> None:
-    """Move this process into a new UTS namespace called ``hostname``; its children inherit
-    it. As root, before the process becomes its user; otherwise inside a user namespace of
-    its own (needs a single-threaded process). Raises OSError when neither is allowed."""
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+HOSTS = "/etc/hosts"
+
+
+def hosts_text(names: list[str], address: str = "127.0.0.1", machine_hosts: str = HOSTS) -> str:
+    """The machine's hosts file with ``names`` added at ``address``: what a worker (and its
+    driver) resolves, so that every other name still resolves as on the machine."""
+    try:
+        with open(machine_hosts) as f:
+            base = f.read()
+    except OSError:
+        base = "127.0.0.1 localhost\n"
+    if base and not base.endswith("\n"):
+        base += "\n"
+    return (
+        base
+        + "# the space's workers, each a host of its own (clusterhub)\n"
+        + "".join(f"{address} {name}\n" for name in names)
+    )
+
+
+def _libc_call(libc, name: str, *args) -> None:
+    if getattr(libc, name)(*args) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{name}: {os.strerror(errno)}")
+
+
+def enter_own_host(hostname: str | None, hosts_file: str | None = None) -> None:
+    """Move this process into new namespaces that its children inherit: a UTS namespace
+    called ``hostname`` (None: keep the machine's) and, with ``hosts_file``, a mount
+    namespace in which that file is ``/etc/hosts`` (the machine's own is untouched: the
+    new namespace's mounts are private first). As root, before the process becomes its
+    user; otherwise inside a user namespace of its own (needs a single-threaded process).
+    Raises OSError when this is not allowed."""
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWUTS if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWUTS
-    if libc.unshare(flags) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"unshare: {os.strerror(errno)}")
+    flags = (CLONE_NEWUTS if hostname else 0) | (CLONE_NEWNS if hosts_file else 0)
+    if not flags:
+        return
+    if os.geteuid() != 0:
+        flags |= CLONE_NEWUSER
+    _libc_call(libc, "unshare", flags)
     if flags & CLONE_NEWUSER:
         # Only ourselves, as ourselves: setgroups must be denied before an unprivileged
         # process may write its gid map.
@@ -58,18 +99,46 @@ def enter_own_uts(hostname: str) -> None:
                            ("gid_map", f"{gid} {gid} 1")):  # fmt: skip
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(line)
-    name = hostname.encode()
-    if libc.sethostname(name, len(name)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"sethostname({hostname!r}): {os.strerror(errno)}")
+    if hosts_file:
+        # Private before anything is mounted: a shared / would carry the mount back out.
+        _libc_call(libc, "mount", None, b"/", None, MS_REC | MS_PRIVATE, None)
+        source = os.path.realpath(hosts_file).encode()
+        _libc_call(libc, "mount", source, os.path.realpath(HOSTS).encode(), None, MS_BIND, None)
+    if hostname:
+        name = hostname.encode()
+        if libc.sethostname(name, len(name)) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"sethostname({hostname!r}): {os.strerror(errno)}")
+
+
+def launcher(python: str, hostname: str | None, hosts_file: str | None = None) -> list[str]:
+    """The command prefix that runs what follows it through :func:`main`."""
+    return [
+        python,
+        "-m",
+        "clusterhub.hostnames",
+        hostname or "-",
+        *(["--hosts", hosts_file] if hosts_file else []),
+        "--",
+    ]
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[1] != "--":
-        sys.exit("usage: python -m clusterhub.hostnames NAME -- COMMAND...")
-    hostname, command = argv[0], argv[2:]
+    usage = "usage: python -m clusterhub.hostnames NAME|- [--hosts FILE] -- COMMAND..."
+    if "--" not in argv:
+        sys.exit(usage)
+    split = argv.index("--")
+    options, command = argv[:split], argv[split + 1 :]
+    hosts_file = None
+    if len(options) == 3 and options[1] == "--hosts":
+        hosts_file = options[2]
+    elif len(options) != 1:
+        sys.exit(usage)
+    if not command:
+        sys.exit(usage)
+    hostname = None if options[0] == "-" else options[0]
     try:
-        enter_own_uts(hostname)
+        enter_own_host(hostname, hosts_file)
     except OSError as exc:
         print(f"clusterhub: {command[0]} keeps the machine's hostname: {exc}", file=sys.stderr)
     os.execvp(command[0], command)

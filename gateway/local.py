@@ -31,8 +31,9 @@ import asyncio
 import os
 import signal
 
+import psutil
 from dask_gateway_server.backends.db_base import JobStatus
-from dask_gateway_server.backends.local import UnsafeLocalBackend, wait_is_shutdown
+from dask_gateway_server.backends.local import UnsafeLocalBackend, is_running, wait_is_shutdown
 from dask_gateway_server.utils import timestamp
 from traitlets import Bool, Float, Unicode, default
 
@@ -50,15 +51,49 @@ from .warm_pool import DaskForkServer
 WORKER_OOM_SCORE_ADJ = 500
 
 
-async def kill_process(pid: int | None, timeout: float = 5.0) -> None:
-    """SIGKILL ``pid`` (None, or already gone: nothing) and wait until it is gone."""
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started (None: it is gone): with its pid, it names the process,
+    where a pid alone may name another one once the first has exited."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def is_same_process(state: dict) -> bool:
+    """Whether the process a cluster's or worker's state records still runs: its pid, with
+    the start time recorded beside it (the machine's pids wrap at 32768 by default, and a
+    gateway running for days would otherwise signal, or wait on, whatever took the pid).
+    A state from before start times were recorded is judged by its pid."""
+    pid = state.get("pid")
     if pid is None:
+        return False
+    if "started" not in state:
+        return is_running(pid)
+    started = started_at(pid)
+    return (
+        started is not None
+        and state["started"] is not None
+        and (abs(started - state["started"]) < 0.01)
+    )
+
+
+def _with_start_time(state: dict) -> dict:
+    if "pid" in state:
+        return {**state, "started": started_at(state["pid"])}
+    return state
+
+
+async def kill_process(state: dict, timeout: float = 5.0) -> None:
+    """SIGKILL the process ``state`` records (gone already, or another one by now: nothing)
+    and wait until it is gone."""
+    if not is_same_process(state):
         return
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(state["pid"], signal.SIGKILL)
     except ProcessLookupError:
         return
-    await wait_is_shutdown(pid, timeout)
+    await wait_is_shutdown(state["pid"], timeout)
 
 
 class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
@@ -276,15 +311,28 @@ class LocalSpaceBackend(DashboardRoutes, UnsafeLocalBackend):
     # scale-down) still closes gracefully.
     async def do_stop_worker(self, worker):
         if worker.cluster.target < JobStatus.STOPPED:
-            await super().do_stop_worker(worker)
+            if is_same_process(worker.state):
+                await self.stop_process(worker.state["pid"])
             return
-        await kill_process(worker.state.get("pid"))
+        await kill_process(worker.state)
 
     async def do_stop_cluster(self, cluster):
-        await kill_process(cluster.state.get("pid"))
+        await kill_process(cluster.state)
         workdir = cluster.state.get("workdir")
         if workdir is not None:
             self.cleanup_working_directory(workdir)
+
+    # -- the processes, by pid and start time -----------------------------------------------
+    async def do_start_cluster(self, cluster):
+        async for state in super().do_start_cluster(cluster):
+            yield _with_start_time(state)
+
+    async def do_start_worker(self, worker):
+        async for state in super().do_start_worker(worker):
+            yield _with_start_time(state)
+
+    def _check_status(self, o) -> bool:
+        return is_same_process(o.state)
 
     def hostname_of(self, cluster, process_name: str) -> str | None:
         """The hostname of a worker process (``worker-<name>``), or None to keep the

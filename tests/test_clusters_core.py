@@ -2,10 +2,10 @@
 
 A real Dask Gateway server (clusterhub's LocalSpaceBackend, configured by
 clusterhub's own gateway config, with a password instead of JupyterHub auth), a
-Spark standalone master and an IPyParallel controller belong to one space. Their
-workers run under ``unshare --uts`` with hostnames of their own, and every task
-reports the hostname it saw, so each task record can be checked against the worker
-that really ran it.
+Spark standalone master and an IPyParallel controller belong to one space. Every
+worker has a hostname of its own (the Dask workers through ``unshare --uts``, Spark's
+and IPyParallel's as their engines start them), and every task reports the hostname
+it saw, so each task record can be checked against the worker that really ran it.
 
 One gateway, one Spark cluster and one controller serve the module; everything
 is stopped and the space swept at the end, failed or not.
@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections import Counter
@@ -29,6 +28,7 @@ from waiting import wait_for
 
 from clusterhub import procs
 from clusterhub.engines import local_engine
+from clusterhub.hostnames import worker_hostname
 from clusterhub.labextension.dask_clusters import close_gateway
 from clusterhub.ports import free_port
 from clusterhub.settings import SETTINGS_ENV, PlatformSettings
@@ -480,44 +480,9 @@ def spark_missing() -> str | None:
 SPARK_MISSING = spark_missing()
 needs_spark = pytest.mark.skipif(SPARK_MISSING is not None, reason=str(SPARK_MISSING))
 
-SPARK_WORKERS = {"spark-b": "127.0.0.2", "spark-c": "127.0.0.3"}
-
-
-def start_spark_worker(space, engine, hostname: str, address: str, instance: int) -> None:
-    """A Spark worker of the space with its own hostname, advertising its own loopback
-    address (Spark's notion of an executor's host is the address its worker advertises)."""
-    from clusterhub.engines.local_spark import WORKER_CLASS, spark_home
-
-    state = engine._state()
-    env = dict(os.environ)
-    env.update(space.marker_env())
-    env.update(
-        HOME=space.path("spark"),
-        SPARK_HOME=spark_home(),
-        SPARK_LOG_DIR=space.path("spark", "logs"),
-        SPARK_PID_DIR=space.path("spark", "test-pids"),  # not the engine's: it must not own them
-        SPARK_WORKER_DIR=space.path("spark", "work"),
-        # The space's conf holds its Spark secret: without it no worker may register.
-        SPARK_CONF_DIR=space.path("spark", "conf"),
-        SPARK_IDENT_STRING=hostname,
-        SPARK_LOCAL_IP=address,
-        SPARK_DAEMON_MEMORY="256m",
-        PYSPARK_PYTHON=sys.executable,
-        # As the engine's own daemons: no /tmp/hsperfdata_<user> left behind.
-        SPARK_DAEMON_JAVA_OPTS=engine._java_options,
-        SPARK_LAUNCHER_OPTS=engine._java_options,
-    )
-    daemon = os.path.join(spark_home(), "sbin", "spark-daemon.sh")
-    command = ["bash", daemon, "start", WORKER_CLASS, str(instance)]
-    command += ["--host", address, "--cores", "1", "--memory", "1g"]
-    command += ["--webui-port", str(free_port(address)), state["master_url"]]
-    subprocess.run(
-        ["unshare", "--uts", "sh", "-c", IN_OWN_HOSTNAME, hostname, *command],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+# The engine's own two workers, each a host of its own: the hostname a task sees is the one
+# Spark records for it.
+SPARK_WORKERS = [worker_hostname(USER, "spark", n) for n in (1, 2)]
 
 
 def start_spark_driver(space, engine) -> subprocess.Popen:
@@ -547,34 +512,18 @@ def stop_spark_driver(driver: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def spark(space):
-    """The space's Spark master, two workers with hostnames and addresses of their own, and a
-    driver (all JVMs start side by side: they are the slowest part of this module)."""
+    """The space's Spark master and two workers (hosts of their own), and a driver started
+    through the engine's client environment, as a kernel's is."""
     engine = local_engine("spark", space)
     driver = None
     try:
-        engine.start(0)
+        engine.start(2)
         driver = start_spark_driver(space, engine)
-        threads = [
-            threading.Thread(target=start_spark_worker, args=(space, engine, name, ip, n))
-            for n, (name, ip) in enumerate(SPARK_WORKERS.items(), start=1)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
         yield engine, driver
     finally:
         if driver is not None:
             stop_spark_driver(driver)
         engine.stop()
-        pid_dir = space.path("spark", "test-pids")
-        for name in os.listdir(pid_dir) if os.path.isdir(pid_dir) else []:
-            with open(os.path.join(pid_dir, name)) as f:
-                pid = int(f.read().strip())
-            try:
-                procs.terminate([procs.ProcessRecord.of(pid)], timeout=10)
-            except procs.psutil.Error:
-                pass
 
 
 @pytest.mark.spark
@@ -607,6 +556,7 @@ def test_spark_records_name_the_host_each_task_ran_on(clusters, spark):
 def check_spark_records(clusters, ran):
     hostname_of = {index: hostname for index, hostname in ran["rows"]}
     assert set(hostname_of.values()) == set(SPARK_WORKERS), "both workers ran tasks"
+    # Each worker's own hostname is its host in Spark too (not 127.0.0.1).
     answer = wait_for(
         lambda: (a := clusters.task_records("spark", "default"))["records"] and a,
         30,
@@ -615,10 +565,9 @@ def check_spark_records(clusters, ran):
     records = [r for r in answer["records"] if r["app"] == ran["app"]]
     assert sorted(r["partition"] for r in records) == list(range(8))
     for record in records:
-        expected = SPARK_WORKERS[hostname_of[record["partition"]]]
-        assert record["hostname"] == expected, record
+        assert record["hostname"] == hostname_of[record["partition"]], record
         assert record["state"] == "done" and record["started"] <= record["finished"]
-    assert answer["counts"] == dict(Counter(SPARK_WORKERS[h] for h in hostname_of.values()))
+    assert answer["counts"] == dict(Counter(hostname_of.values()))
     assert clusters.task_records("spark", "default", since=answer["cursor"])["records"] == []
 
 
@@ -626,14 +575,13 @@ def check_spark_records(clusters, ran):
 @needs_spark
 def test_spark_scale_and_stop(clusters, spark):
     engine, _ = spark
-    # One worker of the engine's own beside the two extra ones. Its registration with the
-    # master is Spark's business (and ~10 s of JVM start here): the daemon running is ours.
+    # Down from the fixture's two workers: the highest goes first, and the master lets go.
     entry = clusters.scale("spark", "default", 1)
     assert entry["requested_workers"] == 1
-    assert len(engine._running_instances()) == 1
+    assert engine._running_instances() == [1]
     entry = clusters.scale("spark", "default", 0)
     assert entry["requested_workers"] == 0 and engine._running_instances() == []
-    assert entry["workers"] == 2, "the extra workers are still there"
+    wait_for(lambda: find(clusters, "spark", "default")["workers"] == 0, 60, "workers gone")
     clusters.stop("spark", "default")
     assert find(clusters, "spark", "default")["state"] == "stopped"
     refused(lambda: clusters.task_records("spark", "default"), 409, "stopped")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from dask_gateway_server.backends.db_base import JobStatus
 
-from clusterhub.gateway.local import LocalSpaceBackend
+from clusterhub.gateway.local import LocalSpaceBackend, started_at
 
 # Says which signal asked it to stop, then stops (as a Dask process closes on SIGINT).
 RECORDS_ITS_SIGNAL = """
@@ -39,10 +39,13 @@ def started(tmp_path, name: str) -> tuple[subprocess.Popen, str]:
     return proc, record
 
 
-def worker_of(proc: subprocess.Popen, cluster_target: JobStatus) -> SimpleNamespace:
-    return SimpleNamespace(
-        name="w1", state={"pid": proc.pid}, cluster=SimpleNamespace(target=cluster_target)
-    )
+def worker_of(
+    proc: subprocess.Popen, cluster_target: JobStatus, started: float | None = None
+) -> SimpleNamespace:
+    """A worker whose state records ``proc`` as the gateway does: its pid and start time
+    (``started``: another start time, as when the pid has been taken by another process)."""
+    state = {"pid": proc.pid, "started": started_at(proc.pid) if started is None else started}
+    return SimpleNamespace(name="w1", state=state, cluster=SimpleNamespace(target=cluster_target))
 
 
 def read(path: str) -> str:
@@ -73,7 +76,8 @@ async def test_a_stopping_clusters_scheduler_is_killed_and_its_directory_removed
     workdir = tmp_path / "cluster"
     (workdir / "work").mkdir(parents=True)
     try:
-        cluster = SimpleNamespace(state={"pid": proc.pid, "workdir": str(workdir)})
+        state = {"pid": proc.pid, "started": started_at(proc.pid), "workdir": str(workdir)}
+        cluster = SimpleNamespace(state=state)
         await backend.do_stop_cluster(cluster)
         assert proc.wait(5) == -9 and read(record) == ""
         assert not workdir.exists()
@@ -102,3 +106,23 @@ async def test_stopping_what_is_already_gone_is_quiet(tmp_path):
     proc.wait()
     await backend.do_stop_worker(worker_of(proc, JobStatus.STOPPED))
     await backend.do_stop_cluster(SimpleNamespace(state={}))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("target", [JobStatus.STOPPED, JobStatus.RUNNING])
+async def test_a_process_that_took_a_dead_workers_pid_is_left_alone(tmp_path, target):
+    """The machine reuses pids: a worker that died long ago may share its pid with anyone's
+    process by the time the gateway stops it, or checks on it. That one is not signalled,
+    and the worker counts as gone. (The control, the same pid with its own start time, is
+    the tests above.)"""
+    backend = LocalSpaceBackend()
+    proc, record = started(tmp_path, "stranger")
+    try:
+        worker = worker_of(proc, target, started=started_at(proc.pid) - 3600)
+        assert backend._check_status(worker) is False
+        await backend.do_stop_worker(worker)
+        await backend.do_stop_cluster(SimpleNamespace(state=dict(worker.state)))
+        assert proc.poll() is None and read(record) == "", "the stranger runs on, unsignalled"
+        assert backend._check_status(worker_of(proc, target)) is True
+    finally:
+        proc.kill()

@@ -6,10 +6,17 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
-from clusterhub.hostnames import HOSTNAME_MAX, can_have_own_hostnames, worker_hostname
+from clusterhub.hostnames import (
+    HOSTNAME_MAX,
+    can_have_own_hostnames,
+    hosts_text,
+    launcher,
+    worker_hostname,
+)
 
 
 def test_hostnames_name_the_space_the_engine_and_the_number():
@@ -24,8 +31,8 @@ def test_hostnames_name_the_space_the_engine_and_the_number():
 def test_a_process_gets_its_own_hostname_and_the_machine_keeps_its():
     code = (
         "import socket\n"
-        "from clusterhub.hostnames import enter_own_uts\n"
-        "enter_own_uts('alice-dask-7')\n"
+        "from clusterhub.hostnames import enter_own_host\n"
+        "enter_own_host('alice-dask-7')\n"
         "print(socket.gethostname())\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -44,7 +51,7 @@ def not_root() -> None:  # as an attendee's own process is
 def launched(name: str, code: str) -> subprocess.CompletedProcess:
     """``code`` run through the launcher as host ``name``, by a process that is not root."""
     return subprocess.run(
-        [sys.executable, "-m", "clusterhub.hostnames", name, "--", sys.executable, "-c", code],
+        [*launcher(sys.executable, name), sys.executable, "-c", code],
         capture_output=True,
         text=True,
         preexec_fn=not_root,
@@ -73,3 +80,45 @@ def test_a_refused_hostname_still_runs_the_command_and_says_why():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [socket.gethostname(), "65534", "65534"]
     assert "keeps the machine's hostname" in done.stderr
+
+
+RESOLVE = (
+    "import socket; print(socket.gethostname(), socket.gethostbyname('dave-spark-2'),"
+    " socket.gethostbyname('localhost'), open('/etc/hosts').read().count('dave-spark-'))"
+)
+
+
+@pytest.mark.parametrize("as_root", [True, False])
+def test_a_hosts_file_of_the_spaces_names_the_workers_inside_and_nowhere_else(tmp_path, as_root):
+    """What a Spark worker and its driver get: the space's worker names resolve, every name
+    of the machine's hosts file still does, and the machine's own file is untouched."""
+    if as_root and not can_have_own_hostnames():
+        pytest.skip("as root only")
+    # Where the attendee can read it (pytest's own temp dirs are closed to other users).
+    fd, hosts = tempfile.mkstemp(prefix="clusterhub-hosts-", dir="/tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(hosts_text([worker_hostname("dave", "spark", n) for n in (1, 2, 3)]))
+    os.chmod(hosts, 0o644)
+    try:
+        check_hosts_file(hosts, as_root)
+    finally:
+        os.unlink(hosts)
+
+
+def check_hosts_file(hosts: str, as_root: bool) -> None:
+    with open("/etc/hosts") as f:
+        machine_before = f.read()
+    done = subprocess.run(
+        [*launcher(sys.executable, "dave-spark-2", str(hosts)), sys.executable, "-c", RESOLVE],
+        capture_output=True,
+        text=True,
+        preexec_fn=None if as_root else not_root,
+        cwd="/",
+        timeout=60,
+    )
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert done.stdout.split() == ["dave-spark-2", "127.0.0.1", "127.0.0.1", "3"]
+    with open("/etc/hosts") as f:
+        assert f.read() == machine_before
+    with pytest.raises(OSError):
+        socket.gethostbyname("dave-spark-2")  # out here, nobody knows it

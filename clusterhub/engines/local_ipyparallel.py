@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from .. import procs
-from ..hostnames import worker_hostname
+from ..hostnames import launcher, worker_hostname
 from ..space import LocalSpace, read_json, write_json_atomic
 from ..usererror import CONFLICT, UserError
 from .base import EngineStatus, SerialisedEngine
@@ -62,7 +62,7 @@ class LocalIPyParallelEngine(SerialisedEngine):
         command = [python, "-m", *args]
         if hostname:
             # A host of its own, as on a real cluster (see clusterhub.hostnames).
-            command = [python, "-m", "clusterhub.hostnames", hostname, "--", *command]
+            command = [*launcher(python, hostname), *command]
         return procs.launch_detached(
             command,
             env=self._env(),

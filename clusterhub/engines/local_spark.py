@@ -7,6 +7,14 @@ them, writes a pid file per daemon and rotates their logs. Each worker is an
 instances. The kernel finds the master through ``SPARK_CONF_DIR``'s
 ``spark-defaults.conf``, so ``SparkSession.builder.getOrCreate()`` needs no
 arguments.
+
+Where the machine allows it (see :mod:`clusterhub.hostnames`), each worker is a host of its
+own, ``<space>-spark-<instance>``: it and its executors run in a UTS namespace of that name,
+and Spark knows the worker (and so each task's executor) by it. Every JVM of the space, the
+master, the workers, their executors and the kernel's driver, resolves those names through a
+hosts file of the space's (the machine's own plus the worker names, at 127.0.0.1), mounted
+as its ``/etc/hosts``; the driver's is started through a ``spark-submit`` of the space's
+that adds the mount. Elsewhere every worker is ``127.0.0.1``.
 """
 
 from __future__ import annotations
@@ -14,12 +22,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
+import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import procs
+from ..hostnames import hosts_text, launcher, worker_hostname
 from ..ports import free_port
 from ..space import LocalSpace, read_json, write_json_atomic
 from ..usererror import CONFLICT, UserError
@@ -28,6 +39,9 @@ from .base import EngineStatus, SerialisedEngine
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 IDENT = "clusterhub"
+# The most workers a space may have (the profiles' bound): all are named in its hosts file
+# from the start, since a file mounted in a running JVM's namespace is not replaced.
+MAX_WORKERS = 64
 
 
 def spark_home() -> str:
@@ -93,6 +107,68 @@ class LocalSparkEngine(SerialisedEngine):
             return None
 
     @property
+    def _hosts_file(self) -> str:
+        return self._dir("conf", "hosts")
+
+    def _worker_host(self, state: dict, instance: int) -> str:
+        if state.get("hostnames"):
+            return worker_hostname(self.space.name, "spark", instance)
+        return self.host
+
+    def _hostnames_refused(self) -> str | None:
+        """Why the workers cannot be hosts of their own here (None: they can), tried the
+        way they are started: the launcher, as this process's user."""
+        names = [worker_hostname(self.space.name, "spark", n) for n in range(1, MAX_WORKERS + 1)]
+        fd = os.open(self._hosts_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(hosts_text(names))
+        probe = [*launcher(self.launcher_python, names[0], self._hosts_file)]
+        probe += ["getent", "hosts", names[0]]
+        try:
+            done = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if done.returncode != 0 or done.stderr.strip():
+            return (done.stderr or done.stdout).strip() or f"exit code {done.returncode}"
+        return None
+
+    @property
+    def launcher_python(self) -> str:
+        """The Python that runs :mod:`clusterhub.hostnames`: this process's own, which has
+        clusterhub (a space's built environment need not)."""
+        return sys.executable
+
+    def _write_driver_home(self) -> str:
+        """A SPARK_HOME for the kernel: Spark's own, but whose ``bin/spark-submit`` starts
+        the driver with the space's hosts file as its ``/etc/hosts``, so that the driver
+        resolves the executors it fetches blocks from."""
+        real, home = spark_home(), self._dir("driver-home")
+        os.makedirs(os.path.join(home, "bin"), mode=0o700, exist_ok=True)
+        for parent, names in ((real, os.listdir(real)), (os.path.join(real, "bin"), None)):
+            for name in names if names is not None else os.listdir(parent):
+                if parent == real and name == "bin":
+                    continue
+                if parent != real and name == "spark-submit":
+                    continue
+                link = os.path.join(home, os.path.relpath(os.path.join(parent, name), real))
+                if not os.path.lexists(link):
+                    os.symlink(os.path.join(parent, name), link)
+        prefix = " ".join(
+            shlex.quote(a) for a in launcher(self.launcher_python, None, self._hosts_file)
+        )
+        script = (
+            "#!/bin/sh\n"
+            f"SPARK_HOME={shlex.quote(real)}; export SPARK_HOME\n"
+            f'exec {prefix} "$SPARK_HOME/bin/spark-submit" "$@"\n'
+        )
+        path = os.path.join(home, "bin", "spark-submit")
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(script)
+        os.replace(path + ".tmp", path)
+        return home
+
+    @property
     def python(self) -> str:
         """The Python of the space's environment: executors run the driver's Python."""
         return self.space.environment().python
@@ -128,11 +204,19 @@ class LocalSparkEngine(SerialisedEngine):
         )
         return env
 
-    def _daemon(self, cls: str, instance: int, *args: str) -> None:
+    def _daemon(self, cls: str, instance: int, *args: str, hostname: str | None = None) -> None:
+        """Start a daemon; with the space's hostnames, in namespaces of its own (named
+        ``hostname``, or the machine's name) that spark-daemon.sh's detached JVM keeps."""
         script = os.path.join(spark_home(), "sbin", "spark-daemon.sh")
+        command = ["bash", script, "start", cls, str(instance), *args]
+        env = self._env()
+        if self._state().get("hostnames"):
+            command = [*launcher(self.launcher_python, hostname, self._hosts_file), *command]
+            if hostname:
+                env["SPARK_LOCAL_HOSTNAME"] = hostname
         result = subprocess.run(
-            ["bash", script, "start", cls, str(instance), *args],
-            env=self._env(),
+            command,
+            env=env,
             cwd=self._dir(),
             capture_output=True,
             text=True,
@@ -188,6 +272,11 @@ class LocalSparkEngine(SerialisedEngine):
             "workers": 0,
             "secret": secrets.token_hex(32),
         }
+        refused = self._hostnames_refused()
+        state["hostnames"] = refused is None
+        state["hostnames_refused"] = refused
+        if refused is None:
+            self._write_driver_home()
         write_json_atomic(self._state_file, state)
         self._write_client_conf(state)
 
@@ -234,8 +323,6 @@ class LocalSparkEngine(SerialisedEngine):
             free = [i for i in range(1, workers + len(running) + 1) if i not in running]
             new = free[: workers - len(running)]
             args = [
-                "--host",
-                self.host,
                 "--cores",
                 str(state["worker_cores"]),
                 "--memory",
@@ -249,9 +336,12 @@ class LocalSparkEngine(SerialisedEngine):
                         self._daemon,
                         WORKER_CLASS,
                         i,
+                        "--host",
+                        self._worker_host(state, i),
                         "--webui-port",
                         str(free_port(self.host)),
                         *args,
+                        hostname=self._worker_host(state, i) if state.get("hostnames") else None,
                     )
                     for i in new
                 ]
@@ -324,4 +414,6 @@ class LocalSparkEngine(SerialisedEngine):
         }
         if state:
             env["SPARK_MASTER_URL"] = state["master_url"]
+            if state.get("hostnames"):
+                env["SPARK_HOME"] = self._dir("driver-home")
         return env
