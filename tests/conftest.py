@@ -89,3 +89,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Sorted stably, so a module's tests keep their order.
     rank = {group: number for number, group in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(module_group(item.nodeid), len(rank)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that ran on a whole platform reports the tails of its logs."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "teardown":
+        return
+    platform = getattr(item, "funcargs", {}).get("platform")
+    tails = getattr(platform, "log_tails", None)
+    if callable(tails):
+        try:
+            report.sections.append(("platform logs", tails()))
+        except Exception as exc:  # the report must not fail for want of logs
+            report.sections.append(("platform logs", f"unreadable: {exc}"))

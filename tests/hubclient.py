@@ -225,6 +225,25 @@ class RunningPlatform:
         self.remove_accounts_and_data()
         assert not leftovers, f"processes left behind: {leftovers}"
 
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of the hub's, the gateway's and every live cluster process's log:
+        what a failing test's report shows (a cluster's own logs go with it when it stops)."""
+        import glob
+
+        paths = [os.path.join(self.data_dir, "logs", n) for n in ("hub.log", "gateway.log")]
+        paths += sorted(glob.glob(os.path.join(self.data_dir, "*", "*", "dask-gateway", "*",
+                                               "logs", "*.log")))  # fmt: skip
+        parts = []
+        for path in paths:
+            try:
+                with open(path, errors="replace") as f:
+                    tail = f.readlines()[-lines:]
+            except OSError:
+                continue
+            text = "".join(line[:300] + ("\n" if len(line) > 300 else "") for line in tail)
+            parts.append(f"--- {os.path.relpath(path, self.data_dir)}\n{text}")
+        return "\n".join(parts)
+
     def kill_leftovers(self) -> list[str]:
         """Kill anything still marked as ours; returns what was found (should be nothing)."""
         found = marked_processes("CLUSTERHUB_PLATFORM", self.data_dir)
