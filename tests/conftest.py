@@ -36,6 +36,7 @@ LONGEST_FIRST = (
     "engine-ports",
     "docker",
     "test_platform_e2e",
+    "test_browser_hosts",
     "test_strangers",
     "test_hub_restart",
     "test_build",

@@ -5,31 +5,27 @@ profile and the system chromium, driven by Playwright, logs in through the hub's
 opens JupyterLab, opens the Clusters sidebar, starts a Dask cluster with 1 worker,
 scales it to 3 with the sidebar's control and sees the workers arrive. A notebook typed
 into the page maps ``socket.gethostname`` over the cluster; the sidebar then shows each
-hostname the kernel saw, with its number of tasks. The notebook widget renders in the
-same page, lists the same cluster and scales it to 2.
+worker with its number of tasks: here the workers share the machine's hostname (as when
+the platform is not root), so the view names each worker, labelled as a worker. The
+notebook widget renders in the same page, lists the same cluster and scales it to 2.
 
-Screenshots go to ``$CLUSTERHUB_TEST_OUTPUT/browser/`` (default: ``test-output/`` in
-the checkout, ignored by git) for CI to keep as artifacts.
+Screenshots go where :mod:`labpage` says.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 
 import pytest
-from chromium import chromium
 from hubclient import BrowserUser, running_platform
+from labpage import lab_page, open_clusters_sidebar, open_notebook, run_cell, shot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 USER = "grace"
 TASKS = 300
-# Generous: JupyterLab's first load and a cluster start share two cores with the platform.
-SLOW = 120_000  # ms
 
 MAP_CELL = f"""\
 import json, socket
@@ -52,16 +48,19 @@ ClustersWidget()
 """
 
 
-def output_dir() -> str:
-    base = os.environ.get("CLUSTERHUB_TEST_OUTPUT") or os.path.join(ROOT, "test-output")
-    path = os.path.join(base, "browser")
-    os.makedirs(path, exist_ok=True)
-    return path
+# Workers that share the machine's hostname, as they do when the platform is not root (or
+# the kernel refuses namespaces): through the organiser's --config file, which the gateway
+# loads too. Hosts of their own are tests/test_browser_hosts.py's.
+SHARED_HOSTNAME_CONFIG = "c.LocalSpaceBackend.worker_hostnames = False\n"
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    with running_platform(str(tmp_path_factory.mktemp("platform"))) as running:
+    root = tmp_path_factory.mktemp("platform")
+    config = root / "shared_hostname_config.py"
+    config.write_text(SHARED_HOSTNAME_CONFIG)
+    os.chmod(root, 0o755)  # the hub and the gateway read it (as root, but say so plainly)
+    with running_platform(str(root), extra_args=["--config", str(config)]) as running:
         yield running
 
 
@@ -77,60 +76,8 @@ def user(platform):
 
 @pytest.fixture
 def page(platform, tmp_path):
-    # The page's console goes with the screenshots: the first place to look on failure.
-    console_log = os.path.join(output_dir(), "console.log")
-    with open(console_log, "w") as console, chromium(tmp_path / "browser-home") as browser:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(SLOW)
-        page.on("console", lambda m: console.write(f"{m.type}: {m.text}\n"))
-        page.on("pageerror", lambda e: console.write(f"pageerror: {e}\n"))
+    with lab_page(tmp_path / "browser-home") as page:
         yield page
-
-
-def shot(page, name: str) -> None:
-    page.screenshot(path=os.path.join(output_dir(), f"{name}.png"), full_page=True)
-
-
-def expect(locator):
-    from playwright.sync_api import expect
-
-    return expect(locator)
-
-
-def wait_for_kernel(page) -> None:
-    """Run ``1 + 1`` in the first cell until the kernel answers, then open a cell below.
-
-    A new notebook's first run can be lost while JupyterLab is still connecting the
-    session's kernel (its status may show idle already); rerunning ``1 + 1`` is harmless."""
-    prompt = page.locator(".jp-NotebookPanel .jp-InputPrompt").first
-    page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
-    page.keyboard.insert_text("1 + 1")
-    for _attempt in range(6):
-        page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
-        page.keyboard.press("Control+Enter")
-        try:
-            expect(prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=10_000)
-            break
-        except AssertionError:
-            continue
-    else:
-        raise AssertionError("the notebook's kernel never ran a cell")
-    page.keyboard.press("Escape")
-    page.keyboard.press("b")  # a new cell below, selected
-    page.keyboard.press("Enter")
-
-
-def run_cell(page, code: str, cell: int) -> None:
-    """Type ``code`` into the notebook's last cell (number ``cell``) and run it (Shift+Enter)."""
-    editor = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").last
-    editor.click()
-    # insert_text types no keys one by one: the editor adds no brackets or indentation.
-    page.keyboard.insert_text(code)
-    page.keyboard.press("Shift+Enter")
-    # The cell was sent to the kernel once its prompt shows [*] or a number.
-    prompt = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt").nth(cell)
-    expect(prompt).to_have_text(re.compile(r"\[(\*|\d+)\]:"), timeout=30_000)
 
 
 def test_sidebar_scales_a_cluster_and_shows_task_hostnames_and_the_widget_scales(
@@ -144,20 +91,10 @@ def test_sidebar_scales_a_cluster_and_shows_task_hostnames_and_the_widget_scales
 
 
 def run_the_page(platform, page) -> None:
-    # -- log in through the hub's form, land in JupyterLab ---------------------------------
-    page.goto(f"{platform.url}/hub/login")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", platform.workshop_code)
-    with page.expect_navigation():
-        page.click("#login_submit")
-    page.goto(f"{platform.url}/user/{USER}/lab")
-    tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="clusterhub-clusters"]')
-    tab.wait_for()
+    # -- log in through the hub's form, land in JupyterLab's Clusters sidebar ---------------
+    panel = open_clusters_sidebar(page, platform, USER)
 
     # -- the sidebar: a new cluster with 1 worker ------------------------------------------
-    tab.click()
-    panel = page.locator("#clusterhub-clusters")
-    panel.wait_for(state="visible")
     panel.get_by_text("No clusters yet").wait_for()
     panel.get_by_label("Workers of the new cluster").fill("1")
     panel.get_by_role("button", name="New cluster").click()
@@ -178,9 +115,7 @@ def run_the_page(platform, page) -> None:
     hosts_view.get_by_text("No tasks yet").wait_for()
 
     # -- a notebook maps socket.gethostname over the cluster --------------------------------
-    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
-    page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.wait_for()
-    wait_for_kernel(page)
+    open_notebook(page)
     run_cell(page, MAP_CELL, 1)
     output = page.locator(".jp-OutputArea-output", has_text="HOSTS=")
     output.wait_for()
@@ -190,11 +125,10 @@ def run_the_page(platform, page) -> None:
     kernel_hosts = json.loads(line.split("HOSTS=", 1)[1].split(" WORKERS=")[0])
     worker_addresses = json.loads(line.split("WORKERS=", 1)[1])
     kernel_workers = len(worker_addresses)
-    # On one machine the workers share its hostname: the view places each task on its
-    # worker (its address), labelled as a worker. With hosts of their own, on its host.
-    by_worker = kernel_hosts == [socket.gethostname()]
-    if by_worker:
-        kernel_hosts = sorted(address.split("://", 1)[1] for address in worker_addresses)
+    # The workers share the machine's hostname: the view places each task on its worker
+    # (its address), labelled as a worker, never one bar for the machine.
+    assert kernel_hosts == [socket.gethostname()], "worker_hostnames is off, from --config"
+    kernel_hosts = sorted(address.split("://", 1)[1] for address in worker_addresses)
 
     # The sidebar shows exactly those hosts (or workers), every task counted on one of them.
     for hostname in kernel_hosts:
@@ -211,14 +145,9 @@ def run_the_page(platform, page) -> None:
         kernel_hosts
     )
     summary = hosts_view.locator(".jp-ClusterHub-summary").inner_text()
-    if by_worker:
-        assert summary.startswith(f"{TASKS} tasks on {kernel_workers} worker"), summary
-        assert "share this machine" in summary, summary
-        assert hosts_view.locator("th", has_text="worker").count() == 1
-    else:
-        assert summary.startswith(f"{TASKS} tasks on {len(kernel_hosts)} host"), summary
-        many = "s" * (kernel_workers > 1)
-        assert summary.endswith(f"run by {kernel_workers} worker{many}"), summary
+    assert summary.startswith(f"{TASKS} tasks on {kernel_workers} worker"), summary
+    assert "share this machine" in summary, summary
+    assert hosts_view.locator("th", has_text="worker").count() == 1
     assert hosts_view.locator(".jp-ClusterHub-recent tbody tr").count() > 0
     shot(page, "3-hostnames")
 
