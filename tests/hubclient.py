@@ -301,6 +301,11 @@ def running_platform(root: str, **options) -> Iterator[RunningPlatform]:
     try:
         running.start()
         yield running
+    except BaseException:
+        # A test that runs its platform in a `with` block fails before the report is made,
+        # and the logs go with the data dir: say their last lines now (pytest shows them).
+        print(running.log_tails(), file=sys.stderr)
+        raise
     finally:
         running.tear_down()
 

@@ -174,7 +174,14 @@ def test_an_up_started_again_after_its_predecessor_died_takes_over_every_session
         kernel.reconnect()
         try:
             assert kernel.execute("print(x)").strip() == "42"
+            # The kernel's client reaches its scheduler through the gateway's proxy, which the
+            # new `up` started anew: the client reconnects on its own (what it had submitted
+            # before is lost, as Dask does on any reconnection); work sent once it is back runs.
             total = kernel.execute(
+                "import time\n"
+                "deadline = time.time() + 120\n"
+                "while client.status != 'running' and time.time() < deadline:\n"
+                "    time.sleep(0.2)\n"
                 "print(sum(client.gather(client.map(lambda i: i + 1, range(20)))))",
                 timeout=180,
             )

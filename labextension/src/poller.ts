@@ -7,6 +7,10 @@
  * page is in the background) it makes no request at all and sleeps until
  * `wake()`. `refresh()` polls now and returns to the fast pace: after the
  * user changed something, news is expected soon.
+ *
+ * Not `@lumino/polling`'s `Poll`: it backs off only after a failure, and the
+ * panel must also slow down while nothing changes (a quiet room of 100 open
+ * sidebars would otherwise poll every second).
  */
 
 export interface IBackoff {

@@ -27,7 +27,6 @@ import tempfile
 from importlib.metadata import version
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 REPOSITORY = "https://github.com/jupyterhub/kubespawner"
 SINGLEUSER_IMAGE = "quay.io/jupyterhub/singleuser:latest"
 SINGLEUSER_IMAGE_USER = "1000"
@@ -73,7 +72,6 @@ def main() -> int:
     )
     args, pytest_args = parser.parse_known_args()
 
-    sys.path.insert(0, ROOT)
     from tests.kube import pod_shared_dir
     from tests.kube.fixtures import KubeCluster
 
