@@ -29,7 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psutil
-from hubclient import BrowserUser, Kernel, RunningPlatform
+
+from tests.hubclient import BrowserUser, Kernel, RunningPlatform
 
 OUR_CLUSTER_CODE = """
 import time as _t

@@ -1,6 +1,6 @@
 """Our Dask Gateway backend vs dask-gateway-server's own, for the same mode, in one run.
 
-    python benchmarks/gateway_backends.py [--workers 2] [--scale-to 8] [--repeat 1]
+    python -m benchmarks.gateway_backends [--workers 2] [--scale-to 8] [--repeat 1]
 
 For each backend a real dask-gateway-server runs on loopback with the same authenticator
 (dask-gateway's SimpleAuthenticator, so only the backend differs) and the same scheduler and
@@ -25,14 +25,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-
-from hubclient import free_port  # noqa: E402
-
-from clusterhub.gateway.config import dask_command  # noqa: E402
-from clusterhub.ports import wait_for_port  # noqa: E402
-from clusterhub.space import LocalSpace  # noqa: E402
+from clusterhub.gateway.config import dask_command
+from clusterhub.ports import wait_for_port
+from clusterhub.space import LocalSpace
+from tests.hubclient import free_port
 
 PASSWORD = "bench-password"
 USER = "bench"

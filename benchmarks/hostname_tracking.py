@@ -1,6 +1,6 @@
 """What recording task -> hostname costs a Dask cluster, against the same cluster without it.
 
-    .venv/bin/python benchmarks/hostname_tracking.py [--tasks 10000] [--rounds 5]
+    .venv/bin/python -m benchmarks.hostname_tracking [--tasks 10000] [--rounds 5]
                                                      [--window 30] [--workers 2]
 
 One real cluster (a ``dask scheduler`` and ``dask worker`` processes on loopback) serves

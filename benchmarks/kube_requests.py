@@ -1,6 +1,6 @@
 """Kubernetes API requests and time per spawn and per stop: KubeSpaceSpawner vs KubeSpawner.
 
-    python benchmarks/kube_requests.py [--users 5]
+    python -m benchmarks.kube_requests [--users 5]
 
 Both spawners run against the test suite's Kubernetes emulator, whose process-kubelet
 really starts each notebook pod (a small HTTP server stands in for jupyterhub-singleuser:
@@ -21,10 +21,6 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# As pytest's pythonpath (pyproject.toml): the root for tests.kube, tests/ for its helpers.
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 
 def free_port() -> int:

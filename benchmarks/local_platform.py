@@ -1,11 +1,11 @@
 """Benchmarks of the local platform, each a ratio against a baseline measured in the same run.
 
-    python benchmarks/local_platform.py spawn   [--users 5]
-    python benchmarks/local_platform.py cluster [--repeat 5]
-    python benchmarks/local_platform.py surge   [--users 20]
-    python benchmarks/local_platform.py accounts [--users 5] [--repeat 5]
-    python benchmarks/local_platform.py capacity [--users 30]
-    python benchmarks/local_platform.py all
+    python -m benchmarks.local_platform spawn   [--users 5]
+    python -m benchmarks.local_platform cluster [--repeat 5]
+    python -m benchmarks.local_platform surge   [--users 20]
+    python -m benchmarks.local_platform accounts [--users 5] [--repeat 5]
+    python -m benchmarks.local_platform capacity [--users 30]
+    python -m benchmarks.local_platform all
 
 spawn:   spawn-to-ready of LocalSpaceSpawner vs JupyterHub's SimpleLocalProcessSpawner,
          on the same hub config (goal: ratio <= 1.1).
@@ -40,10 +40,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-
-from hubclient import BrowserUser, RunningPlatform, free_port, running_platform  # noqa: E402
+from tests.hubclient import BrowserUser, RunningPlatform, free_port, running_platform
 
 PLAIN_CONFIG = """
 c.JupyterHub.spawner_class = "simple"
@@ -275,7 +272,7 @@ def bench_surge(users: int) -> None:
 
 
 def bench_capacity(users: int, only: str = "", keep_logs: str = "") -> None:
-    from capacity import compare, room
+    from benchmarks.capacity import compare, room
 
     rooms = []
     for label, plain in (("plain", True), ("clusterhub", False)):

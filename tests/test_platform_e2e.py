@@ -333,6 +333,34 @@ def test_ipyparallel_profile_maps_over_the_users_engines(platform):
     assert not space_processes(platform, "dave")
 
 
+def test_the_worker_size_picked_on_the_form_is_the_default_of_the_users_clusters(platform):
+    """2 cores and 2 GiB per worker on the spawn form: a cluster made with no arguments has
+    workers of that size, and the gateway's options show it as their defaults."""
+    erin = started_user(platform, "erin", profile="dask", worker_cores=2, worker_memory_gib=2)
+    kernel = erin.kernel()
+    try:
+        out = kernel.execute(
+            "from dask_gateway import Gateway\n"
+            "import json\n"
+            "gateway = Gateway()\n"
+            "options = gateway.cluster_options()\n"
+            "cluster = gateway.new_cluster()\n"
+            "cluster.scale(1)\n"
+            "client = cluster.get_client()\n"
+            "client.wait_for_workers(1, timeout=120)\n"
+            "(worker,) = client.scheduler_info()['workers'].values()\n"
+            "print(json.dumps([options.worker_cores, options.worker_memory,\n"
+            "                  worker['nthreads'], worker['memory_limit']]))\n"
+            "cluster.shutdown()\n"
+        )
+    finally:
+        kernel.close()
+    cores, memory_gib, nthreads, memory_limit = json.loads(out.strip().splitlines()[-1])
+    assert (cores, memory_gib) == (2, 2), out
+    assert (nthreads, memory_limit) == (2, 2 * 2**30), out
+    erin.stop_server()
+
+
 def test_restart_keeps_accounts_homes_and_the_workshop_code(platform, bob):
     assert platform.stop() == 0, "".join(platform.output)
     assert "clusterhub: stopped." in "".join(platform.output)

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from waiting import wait_for, wait_for_async
+from tests.waiting import wait_for, wait_for_async
 
 from .emulator import KubeEmulator
 from .errors import ApiError
