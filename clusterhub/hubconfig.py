@@ -5,19 +5,8 @@ module, which calls :func:`configure_hub`. What differs is the settings file: in
 mode the hub starts the proxy and spawns local processes (`clusterhub up` runs the
 gateway beside it; a hub on its own starts it as a managed service); in "kubernetes"
 mode the proxy and the gateway are their own pods and each user gets a namespace. The
-``kubernetes`` settings (written by the chart from its values):
-
-``hub_namespace``, ``hub_name``, ``namespace_prefix``, ``notebook_image``,
-``cluster_image``, ``image_pull_policy``, ``image_pull_secrets``, ``profiles``,
-``network_policy``, ``kube_api_cidrs``, ``user_node_selector``, ``user_tolerations``,
-``delete_namespace_on_stop``, ``keep_home_pvc``,
-``home_storage``
-(``size``, ``storage_class``), ``proxy_api_url`` (empty: the hub starts a proxy),
-``hub_bind_url``, ``hub_connect_url``, ``gateway_url``, ``gateway_proxy_address``,
-``cluster_start_timeout``, ``worker_start_timeout`` (seconds; read by the gateway),
-``subdomain_host`` (per-user subdomains, JupyterHub's ``subdomain_host``; empty: none),
-``space_roles`` (``hub``/``gateway``: ``cluster_role``, ``service_account``; what the hub
-binds in each user's namespace).
+``kubernetes`` settings (written by the chart from its values) are
+:class:`clusterhub.settings.KubernetesSettings`.
 """
 
 from __future__ import annotations
@@ -179,47 +168,47 @@ def _configure_local(c, settings: PlatformSettings) -> None:
 
 def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     kube = settings.kubernetes
-    if kube.get("proxy_api_url"):
+    if kube.proxy_api_url:
         # The proxy is its own pod; the hub reads CONFIGPROXY_AUTH_TOKEN from its env.
-        c.ConfigurableHTTPProxy.api_url = kube["proxy_api_url"]
+        c.ConfigurableHTTPProxy.api_url = kube.proxy_api_url
         c.ConfigurableHTTPProxy.should_start = False
     else:
         c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
         c.ConfigurableHTTPProxy.command = list(settings.proxy_command)
         c.ConfigurableHTTPProxy.should_start = True
-    if kube.get("hub_bind_url"):
-        c.JupyterHub.hub_bind_url = kube["hub_bind_url"]
-    if kube.get("hub_connect_url"):
-        c.JupyterHub.hub_connect_url = kube["hub_connect_url"]
-    if kube.get("subdomain_host"):
+    if kube.hub_bind_url:
+        c.JupyterHub.hub_bind_url = kube.hub_bind_url
+    if kube.hub_connect_url:
+        c.JupyterHub.hub_connect_url = kube.hub_connect_url
+    if kube.subdomain_host:
         # Each user's server (and the gateway's dashboards) on a subdomain of its own: what a
         # user serves never shares the hub's origin (the chart's hub.subdomains).
-        c.JupyterHub.subdomain_host = kube["subdomain_host"]
+        c.JupyterHub.subdomain_host = kube.subdomain_host
     # User namespaces outlive a hub restart; the hub reattaches to them from its database.
     c.JupyterHub.cleanup_servers = False
 
     c.JupyterHub.spawner_class = "clusterhub.spawner.kube.KubeSpaceSpawner"
     spawner = c.KubeSpaceSpawner
-    spawner.hub_namespace = kube["hub_namespace"]
-    spawner.hub_name = kube.get("hub_name", "clusterhub")
-    spawner.namespace_prefix = kube.get("namespace_prefix", "clusterhub-")
-    spawner.image = kube["notebook_image"]
-    spawner.cluster_image = kube["cluster_image"]
-    spawner.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
-    if kube.get("image_pull_secrets"):
-        spawner.image_pull_secrets = list(kube["image_pull_secrets"])
-    if kube.get("profiles"):
-        spawner.profiles = kube["profiles"]
-    spawner.network_allow = dict(kube.get("network_policy", {}))
-    spawner.space_roles = dict(kube.get("space_roles") or {})
-    spawner.kube_api_cidrs = list(kube.get("kube_api_cidrs") or [])
+    spawner.hub_namespace = kube.hub_namespace
+    spawner.hub_name = kube.hub_name
+    spawner.namespace_prefix = kube.namespace_prefix
+    spawner.image = kube.notebook_image
+    spawner.cluster_image = kube.cluster_image
+    spawner.image_pull_policy = kube.image_pull_policy
+    if kube.image_pull_secrets:
+        spawner.image_pull_secrets = list(kube.image_pull_secrets)
+    if kube.profiles:
+        spawner.profiles = kube.profiles
+    spawner.network_allow = dict(kube.network_policy)
+    spawner.space_roles = dict(kube.space_roles)
+    spawner.kube_api_cidrs = list(kube.kube_api_cidrs)
     # Every user pod on the users' nodes: the notebook (KubeSpawner's own traits) and, through
     # the spawner, the engines.
-    spawner.node_selector = dict(kube.get("user_node_selector") or {})
-    spawner.tolerations = list(kube.get("user_tolerations") or [])
-    spawner.delete_namespace_on_stop = kube.get("delete_namespace_on_stop", True)
-    spawner.keep_home_pvc = kube.get("keep_home_pvc", True)
-    storage = kube.get("home_storage") or {}
+    spawner.node_selector = dict(kube.user_node_selector)
+    spawner.tolerations = list(kube.user_tolerations)
+    spawner.delete_namespace_on_stop = kube.delete_namespace_on_stop
+    spawner.keep_home_pvc = kube.keep_home_pvc
+    storage = kube.home_storage
     if storage.get("size"):
         spawner.storage_pvc_ensure = True
         spawner.storage_capacity = storage["size"]
@@ -227,13 +216,13 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
             spawner.storage_class = storage["storage_class"]
         spawner.volumes = [{"name": "home", "persistentVolumeClaim": {"claimName": "{pvc_name}"}}]
         spawner.volume_mounts = [{"name": "home", "mountPath": "/home/jovyan"}]
-    spawner.gateway_url = kube.get("gateway_url", "")
-    spawner.gateway_proxy_address = kube.get("gateway_proxy_address", "")
+    spawner.gateway_url = kube.gateway_url
+    spawner.gateway_proxy_address = kube.gateway_proxy_address
 
-    if kube.get("gateway_url"):
+    if kube.gateway_url:
         service = {
             "name": GATEWAY_SERVICE,
-            "url": kube["gateway_url"].split("/services/")[0],
+            "url": kube.gateway_url.split("/services/")[0],
             "display": False,
             # Its dashboards log users in through the hub (gateway/dashboards.py): the
             # platform's own service needs no "authorize access" page.

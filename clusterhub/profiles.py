@@ -184,6 +184,11 @@ def find_profile(profiles: list[dict[str, Any]], slug: Any) -> dict[str, Any]:
     raise UserError(f"profile: unknown profile {slug!r}; choose one of: {choices}", field="profile")
 
 
+def profile_maxima(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """A profile's maxima of the sizes a user chooses: what bounds their clusters."""
+    return {field: profile[field]["max"] for field in SIZE_FIELDS}
+
+
 def validate_options(
     profiles: list[dict[str, Any]], options: Mapping[str, Any], *, text: bool = False
 ) -> SpaceOptions:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from traitlets import Bool, Dict, Float, List, TraitError, Unicode
+from traitlets.config import Configurable
 
 SETTINGS_ENV = "CLUSTERHUB_SETTINGS"
 # Only `clusterhub up` (local mode) writes these: the chart has no attendee accounts, its
@@ -36,6 +40,10 @@ LOCAL_ONLY_FIELDS = frozenset(
 ROOT_DATA_DIR = "/var/lib/clusterhub"
 USER_DATA_DIR = "~/.clusterhub"
 GATEWAY_SERVICE = "dask-gateway"
+# Kubernetes mode: the hub's name (labels its spaces) and its users' namespaces' prefix, as the
+# spawner, the gateway and the chart's defaults know them.
+DEFAULT_HUB_NAME = "clusterhub"
+DEFAULT_NAMESPACE_PREFIX = "clusterhub-"
 GATEWAY_PREFIX = f"/services/{GATEWAY_SERVICE}"
 
 
@@ -61,13 +69,127 @@ def default_data_dir() -> str:
     return ROOT_DATA_DIR if os.geteuid() == 0 else os.path.expanduser(USER_DATA_DIR)
 
 
+class KubernetesSettings(Configurable):
+    """Kubernetes mode's settings: the ``kubernetes`` section of the settings file, which the
+    Helm chart writes from its values and both the hub and the gateway read.
+
+    Typed once, here: :meth:`from_dict` refuses an unknown key or a value of the wrong type,
+    naming it, so a chart and a release that disagree fail at start, not at a user's spawn.
+    """
+
+    hub_namespace = Unicode(
+        config=True, help="The namespace of the hub, the proxy and the gateway (required)."
+    )
+    hub_name = Unicode(
+        DEFAULT_HUB_NAME,
+        config=True,
+        help="The hub's name (the release's): labels every space and cluster pod it owns.",
+    )
+    namespace_prefix = Unicode(
+        DEFAULT_NAMESPACE_PREFIX,
+        config=True,
+        help="Prefix of every user's namespace (the chart's singleuser.namespacePrefix).",
+    )
+    notebook_image = Unicode(config=True, help="The notebook image, as pulled (required).")
+    cluster_image = Unicode(
+        config=True, help="The one image of scheduler, worker and engine pods (required)."
+    )
+    image_pull_policy = Unicode(
+        "IfNotPresent", config=True, help="Pull policy of the notebook and cluster images."
+    )
+    image_pull_secrets = List(
+        config=True,
+        help="Secrets of the hub's namespace with registry credentials, copied into each space "
+        "(names, or {name: ...} as in a pod spec).",
+    )
+    profiles = List(
+        Dict(), config=True, help="The spawn form's profiles (see clusterhub.profiles)."
+    )
+    network_policy = Dict(
+        config=True,
+        help="The allowances of each space's NetworkPolicies (dns, internet, private_ips, "
+        "cloud_metadata, gateway_to_scheduler, notebook_to_engines, kube_api).",
+    )
+    kube_api_cidrs = List(
+        Unicode(), config=True, help="The API server's addresses: where kube_api egress may go."
+    )
+    user_node_selector = Dict(
+        Unicode(), config=True, help="Node selector of every user pod (notebook and engines)."
+    )
+    user_tolerations = List(Dict(), config=True, help="Tolerations of every user pod.")
+    delete_namespace_on_stop = Bool(
+        True, config=True, help="Delete a user's namespace when their server stops."
+    )
+    keep_home_pvc = Bool(
+        True, config=True, help="Keep the home volume when the namespace is deleted."
+    )
+    home_storage = Dict(
+        per_key_traits={"size": Unicode(), "storage_class": Unicode()},
+        config=True,
+        help="Each user's home volume: size (e.g. 10Gi; empty: no volume) and storage_class.",
+    )
+    proxy_api_url = Unicode(
+        config=True, help="The proxy pod's API URL; empty: the hub starts a proxy of its own."
+    )
+    hub_bind_url = Unicode(config=True, help="Where the hub listens (JupyterHub.hub_bind_url).")
+    hub_connect_url = Unicode(
+        config=True, help="Where pods reach the hub (JupyterHub.hub_connect_url)."
+    )
+    gateway_url = Unicode(config=True, help="The gateway's HTTP URL, as notebooks reach it.")
+    gateway_proxy_address = Unicode(
+        config=True, help="The gateway's scheduler proxy, gateway://HOST:PORT."
+    )
+    cluster_start_timeout = Float(
+        600.0, config=True, help="Seconds a cluster's scheduler may take to start."
+    )
+    worker_start_timeout = Float(600.0, config=True, help="Seconds a worker may take to start.")
+    subdomain_host = Unicode(
+        config=True, help="Per-user subdomains (JupyterHub.subdomain_host); empty: none."
+    )
+    space_roles = Dict(
+        config=True,
+        help="What the hub binds in each space for hub and gateway: "
+        "{cluster_role, service_account} each (KubeSpaceSpawner.space_roles).",
+    )
+
+    REQUIRED = ("hub_namespace", "notebook_image", "cluster_image")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> KubernetesSettings:
+        """The section as written in a settings file; ValueError naming the first bad key."""
+        if not isinstance(values, dict):
+            raise ValueError(f"kubernetes: must be an object, not {type(values).__name__}")
+        known = cls.class_trait_names(config=True)
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"kubernetes.{unknown[0]}: not a setting; the settings are {', '.join(known)}"
+            )
+        settings = cls()
+        for name, value in values.items():
+            try:
+                setattr(settings, name, value)
+            except TraitError:
+                info = cls.class_traits()[name].info()
+                raise ValueError(f"kubernetes.{name}: must be {info}, not {value!r}") from None
+        return settings
+
+    def check_required(self) -> None:
+        for name in self.REQUIRED:
+            if not getattr(self, name):
+                raise ValueError(f"kubernetes.{name}: required in kubernetes mode")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.class_trait_names(config=True)}
+
+
 @dataclass
 class PlatformSettings:
     """Everything the hub and the gateway need to know about their platform.
 
     ``mode`` is "local" (``clusterhub up``: every user a set of local processes) or
     "kubernetes" (the Helm chart: every user a namespace); ``kubernetes`` holds that mode's
-    settings (see :mod:`clusterhub.hubconfig`).
+    settings (:class:`KubernetesSettings`).
     """
 
     data_dir: str
@@ -105,7 +227,7 @@ class PlatformSettings:
     # memory holds them before the doors open.
     expect: int = 0
     mode: str = "local"
-    kubernetes: dict = field(default_factory=dict)
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     # -- derived paths ------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -133,8 +255,13 @@ class PlatformSettings:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f, indent=1)
+            json.dump(self.to_dict(), f, indent=1)
         os.replace(path + ".tmp", path)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["kubernetes"] = self.kubernetes.to_dict()
+        return data
 
     @classmethod
     def load(cls, path: str | None = None) -> PlatformSettings:
@@ -146,7 +273,11 @@ class PlatformSettings:
         with open(path) as f:
             data = json.load(f)
         known = {f.name for f in fields(cls)}
-        settings = cls(**{k: v for k, v in data.items() if k in known})
+        data = {k: v for k, v in data.items() if k in known}
+        data["kubernetes"] = KubernetesSettings.from_dict(data.get("kubernetes") or {})
+        settings = cls(**data)
         if settings.mode not in ("local", "kubernetes"):
             raise ValueError(f"mode: must be 'local' or 'kubernetes', not {settings.mode!r}")
+        if settings.mode == "kubernetes":
+            settings.kubernetes.check_required()
         return settings

@@ -98,7 +98,7 @@ def _configure_local(c, settings: PlatformSettings) -> None:
 def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     """The gateway pod of the Helm chart: clusters in their owner's namespace.
 
-    The chart writes the ``kubernetes`` settings (see :mod:`clusterhub.hubconfig`) the hub
+    The chart writes the ``kubernetes`` settings (:class:`KubernetesSettings`) the hub
     reads too, so the gateway names namespaces and bounds options exactly as the spawner.
     """
     kube = settings.kubernetes
@@ -109,7 +109,7 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
 
     c.DaskGateway.backend_class = "clusterhub.gateway.kube.KubeSpaceBackend"
     # Per-user subdomains (the chart's hub.subdomains): the dashboards' login crosses origins.
-    c.HubAuthenticator.subdomain_host = kube.get("subdomain_host", "")
+    c.HubAuthenticator.subdomain_host = kube.subdomain_host
     backend = c.KubeSpaceBackend
     os.makedirs(settings.path("gateway"), exist_ok=True)
     backend.db_url = "sqlite:///" + settings.path("gateway", "gateway.sqlite")
@@ -119,13 +119,11 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
     # the gateway's volume resumes them. They end with their owner's space instead.
     backend.stop_clusters_on_shutdown = False
     # Schedulers reach the gateway API through its Service, as notebooks do.
-    if kube.get("gateway_url"):
-        backend.api_url = kube["gateway_url"].rstrip("/") + "/api"
-    backend.hub_name = kube.get("hub_name", "clusterhub")
-    backend.hub_namespace = kube["hub_namespace"]
-    backend.namespace_prefix = kube.get("namespace_prefix", "clusterhub-")
-    if kube.get("profiles"):
-        backend.profiles = kube["profiles"]
+    if kube.gateway_url:
+        backend.api_url = kube.gateway_url.rstrip("/") + "/api"
+    backend.hub_name = kube.hub_name
+    backend.hub_namespace = kube.hub_namespace
+    backend.namespace_prefix = kube.namespace_prefix
     backend.hub_api_url = os.environ.get(
         "JUPYTERHUB_API_URL", f"http://127.0.0.1:{settings.hub_port}/hub/api"
     )
@@ -133,15 +131,13 @@ def _configure_kubernetes(c, settings: PlatformSettings) -> None:
 
     # Pulling a large image onto a new node takes minutes (dask-gateway's default is 60 s).
     # Settings of the backend, not of ClusterConfig (which has no such traits).
-    backend.cluster_start_timeout = float(kube.get("cluster_start_timeout", 600))
-    backend.worker_start_timeout = float(kube.get("worker_start_timeout", 600))
-    c.KubeSpaceClusterConfig.image = kube["cluster_image"]
-    c.KubeSpaceClusterConfig.image_pull_policy = kube.get("image_pull_policy", "IfNotPresent")
-    c.KubeSpaceClusterConfig.node_selector = dict(kube.get("user_node_selector") or {})
-    c.KubeSpaceClusterConfig.tolerations = list(kube.get("user_tolerations") or [])
-    c.KubeSpaceClusterConfig.image_pull_secrets = pull_secret_names(
-        kube.get("image_pull_secrets") or []
-    )
+    backend.cluster_start_timeout = kube.cluster_start_timeout
+    backend.worker_start_timeout = kube.worker_start_timeout
+    c.KubeSpaceClusterConfig.image = kube.cluster_image
+    c.KubeSpaceClusterConfig.image_pull_policy = kube.image_pull_policy
+    c.KubeSpaceClusterConfig.node_selector = dict(kube.user_node_selector)
+    c.KubeSpaceClusterConfig.tolerations = list(kube.user_tolerations)
+    c.KubeSpaceClusterConfig.image_pull_secrets = pull_secret_names(kube.image_pull_secrets)
     # What the space's quota counts for a coordinator (clusterhub.spawner.kubespace).
     c.ClusterConfig.scheduler_cores = 1
     c.ClusterConfig.scheduler_memory = "1 G"

@@ -20,9 +20,8 @@ What this adds to the base:
 - a cluster whose scheduler pod disappears because its namespace is gone (the user's
   server stopped or was culled) is recorded as stopped; one whose scheduler failed, as
   failed;
-- options bounded by the owner's profile: the profile they started their server with
-  (the hub's record of it) among the platform's profiles; no running server, or no
-  namespace, means no cluster.
+- options bounded by the owner's profile: the maxima and sizes the hub recorded in their
+  space when their server started; no running server, or no namespace, means no cluster.
 """
 
 from __future__ import annotations
@@ -36,9 +35,9 @@ from dask_gateway_server.backends.db_base import DBBackendBase, JobStatus
 from dask_gateway_server.options import Options
 from dask_gateway_server.traitlets import Type
 from kubernetes_asyncio.client.rest import ApiException
-from traitlets import Dict, Float, Integer, List, Unicode, default, validate
+from traitlets import Dict, Float, Integer, List, Unicode, default
 
-from clusterhub import profiles as profile_rules
+from clusterhub.settings import DEFAULT_HUB_NAME, DEFAULT_NAMESPACE_PREFIX
 from clusterhub.spawner import kubeobjects as k
 from clusterhub.usererror import CONFLICT, UserError
 
@@ -102,7 +101,7 @@ class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
     )
 
     hub_name = Unicode(
-        "clusterhub",
+        DEFAULT_HUB_NAME,
         config=True,
         help="The hub's name, as KubeSpaceSpawner.hub_name: labels spaces and cluster pods.",
     )
@@ -113,24 +112,10 @@ class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
     )
 
     namespace_prefix = Unicode(
-        "clusterhub-",
+        DEFAULT_NAMESPACE_PREFIX,
         config=True,
         help="Prefix of user namespaces, as KubeSpaceSpawner.namespace_prefix.",
     )
-
-    profiles = List(
-        config=True,
-        help="""The hub's profiles (KubeSpaceSpawner.profiles): a cluster's options are
-        bounded by the maxima of the profile its owner's server runs with.""",
-    )
-
-    @default("profiles")
-    def _default_profiles(self):
-        return profile_rules.validate_profiles(profile_rules.DEFAULT_PROFILES)
-
-    @validate("profiles")
-    def _validate_profiles(self, proposal):
-        return profile_rules.validate_profiles(proposal.value)
 
     hub_api_url = Unicode(
         config=True,
@@ -256,10 +241,12 @@ class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
         """The maxima of the profile the owner's running server was started with, and the
         worker sizes they chose on the spawn form.
 
-        The hub is the record of which profile a server runs with (its ``user_options``);
-        the profiles themselves are the platform's settings, shared with the hub.
+        The hub says whether that server runs; the space's record (a ConfigMap only the hub
+        writes, :func:`clusterhub.spawner.kubeobjects.make_space_record`) says with what. The
+        hub resolved the profile from its own settings and config, so profiles set only in
+        the hub's extra config bound clusters too.
         """
-        await self.space_namespace(username)
+        namespace = await self.space_namespace(username)
         server = await self.hub_server(username)
         if not server or server.get("stopped") or not server.get("ready"):
             raise UserError(
@@ -267,10 +254,19 @@ class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
                 "a cluster from it",
                 status=CONFLICT,
             )
-        options = profile_rules.validate_options(self.profiles, server.get("user_options") or {})
-        profile = profile_rules.find_profile(self.profiles, options.profile)
-        limits = {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
-        return limits, options.to_dict()
+        try:
+            record = await self._request(
+                self.core.read_namespaced_config_map(k.SPACE_RECORD_NAME, namespace)
+            )
+            return k.read_space_record(record.data)
+        except (ApiException, ValueError) as exc:
+            if isinstance(exc, ApiException) and exc.status != 404:
+                raise
+            raise UserError(
+                f"user {username!r}'s space has no record of its profile "
+                f"({k.SPACE_RECORD_NAME} in {namespace}): restart your server",
+                status=CONFLICT,
+            ) from None
 
     async def hub_server(self, username: str) -> dict | None:
         """The hub's model of the user's default server; None if they have none (or no user)."""

@@ -31,6 +31,7 @@ from traitlets import Bool, Dict, Float, List, TraitError, Unicode, default, val
 
 import clusterhub
 
+from ..settings import DEFAULT_HUB_NAME, DEFAULT_NAMESPACE_PREFIX
 from . import kubeobjects as k
 from .kubespace import (
     NOTEBOOK_SERVICE_ACCOUNT,
@@ -48,6 +49,7 @@ _KIND_API = {
     "ServiceAccount": (CoreV1Api, "service_account"),
     "Service": (CoreV1Api, "service"),
     "Secret": (CoreV1Api, "secret"),
+    "ConfigMap": (CoreV1Api, "config_map"),
     "NetworkPolicy": (NetworkingV1Api, "network_policy"),
     "Role": (RbacAuthorizationV1Api, "role"),
     "RoleBinding": (RbacAuthorizationV1Api, "role_binding"),
@@ -55,7 +57,14 @@ _KIND_API = {
 }
 # Kinds whose existing object is replaced by the current profile's on a new start; the rest
 # (a Service's cluster IP, a Deployment someone scaled, a Secret engines already use) stay.
-_REPLACED_ON_START = {"ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding"}
+_REPLACED_ON_START = {
+    "ResourceQuota",
+    "LimitRange",
+    "NetworkPolicy",
+    "Role",
+    "RoleBinding",
+    "ConfigMap",
+}
 
 
 class ForeignNamespace(web.HTTPError):
@@ -96,7 +105,7 @@ def quota_refusal(exc: ApiException) -> str | None:
 
 class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
     hub_name = Unicode(
-        "clusterhub",
+        DEFAULT_HUB_NAME,
         config=True,
         help="This hub's name: labels every space, so several hubs can share a cluster.",
     )
@@ -110,7 +119,7 @@ class KubeSpaceSpawner(SpaceSpawnerMixin, KubeSpawner):
     )
 
     namespace_prefix = Unicode(
-        "clusterhub-",
+        DEFAULT_NAMESPACE_PREFIX,
         config=True,
         help="""Prefix of every user's namespace. The rest is the user's name made
         DNS-safe, with a hash of the raw name whenever that changed it (so ``a.b`` and

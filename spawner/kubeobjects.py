@@ -450,6 +450,47 @@ def notebook_labels() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+#: The ConfigMap in which a space records what its owner's server was started with.
+SPACE_RECORD_NAME = "clusterhub-space"
+
+
+def make_space_record(
+    namespace: str, *, limits: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the owner's server was started with, for the gateway: the profile's maxima
+    (``limits``) bound their clusters, the sizes chosen on the spawn form (``options``) are
+    their defaults. The hub resolves the profile once, from its own settings and config, so
+    the gateway needs no copy of the profiles; one machine keeps the same in ``space.json``.
+
+    Only the hub writes it: the notebook's Role has no rights on ConfigMaps.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": SPACE_RECORD_NAME,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+        },
+        "data": {
+            "limits": json.dumps(dict(limits), sort_keys=True),
+            "options": json.dumps(dict(options), sort_keys=True),
+        },
+    }
+
+
+def read_space_record(data: Mapping[str, str] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``(limits, options)`` of a space record's data; ValueError if it is not one."""
+    try:
+        limits = json.loads((data or {})["limits"])
+        options = json.loads((data or {}).get("options") or "{}")
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{SPACE_RECORD_NAME}: not a space record") from None
+    if not isinstance(limits, dict) or not isinstance(options, dict):
+        raise ValueError(f"{SPACE_RECORD_NAME}: not a space record")
+    return limits, options
+
+
 def make_namespace(
     name: str,
     labels: Mapping[str, str],
@@ -917,7 +958,7 @@ HUB_SPACE_RULES: list[dict[str, Any]] = [
     # or left by an interrupted one): create alone would fail there forever.
     {
         "apiGroups": [""],
-        "resources": ["resourcequotas", "limitranges"],
+        "resources": ["resourcequotas", "limitranges", "configmaps"],
         "verbs": [*_CRUD, "update"],
     },
     # KubeSpawner watches events to report spawn progress

@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from clusterhub.profiles import SIZE_FIELDS, SpaceOptions
+from clusterhub.profiles import SIZE_FIELDS, SpaceOptions, profile_maxima
 
 from . import kubeobjects as k
 
@@ -178,6 +178,7 @@ def make_space_objects(
         k.make_service_account(namespace, NOTEBOOK_SERVICE_ACCOUNT),
         k.make_role(namespace, NOTEBOOK_ROLE),
         k.make_role_binding(namespace, NOTEBOOK_ROLE, NOTEBOOK_SERVICE_ACCOUNT),
+        k.make_space_record(namespace, limits=profile_maxima(profile), options=options.to_dict()),
     ]
     for engine in profile["engines"]:
         if engine == "ipyparallel":

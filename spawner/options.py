@@ -74,8 +74,7 @@ class SpaceSpawnerMixin(HasTraits):
         return profile_rules.find_profile(self.profiles, options.profile)
 
     def profile_limits(self, options: profile_rules.SpaceOptions) -> dict[str, int]:
-        profile = self.space_profile(options)
-        return {field: profile[field]["max"] for field in profile_rules.SIZE_FIELDS}
+        return profile_rules.profile_maxima(self.space_profile(options))
 
     def gateway_env(self) -> dict[str, str]:
         """What makes ``Gateway()`` in a kernel work with no arguments."""

@@ -45,6 +45,19 @@ c.DaskGateway.log_level = "DEBUG"
 """
 
 
+HUB_CONFIG_PROFILE = """
+from clusterhub.profiles import DEFAULT_PROFILES
+c.KubeSpaceSpawner.profiles = DEFAULT_PROFILES + [{
+    "slug": "wide",
+    "display_name": "Wide workers",
+    "engines": [],
+    "workers": {"default": 1, "max": 2},
+    "worker_cores": {"default": 3, "max": 3},
+    "worker_memory_gib": {"default": 3, "max": 6},
+}]
+"""
+
+
 def prepare_hub_namespace(kubectl: Kubectl) -> None:
     """What a platform admin does once: the hub's namespace with its registry credentials."""
     for path, body in (
@@ -78,6 +91,10 @@ class GatewayHub(RunningKubeHub):
             rbac.kubeconfig(rbac.service_account("hub"), os.path.join(root, "hub-kubeconfig")),
             rbac.space_roles,
         )
+        # A profile only the hub's config has (as the chart's hub.extraConfig may set): the
+        # gateway gets no copy of the profiles and must still bound clusters by it.
+        with open(os.path.join(root, "test_config.py"), "a") as f:
+            f.write(HUB_CONFIG_PROFILE)
         self.gateway_kubeconfig = rbac.kubeconfig(
             rbac.service_account("dask-gateway"), os.path.join(root, "gateway-kubeconfig")
         )

@@ -24,6 +24,7 @@ from gatewaykube import (
 )
 from test_kube_spawner import spawn
 
+from tests.kube import POD_API_CLIENT
 from tests.kube.fixtures import uts_available
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -136,6 +137,67 @@ def test_no_server_or_options_beyond_the_profile_create_nothing(hub, gateway, ku
     assert "worker_cores: must be a number from 1 to 2, not 3" in refused.json()["error"]
     after = kubectl.get("/api/v1/pods?labelSelector=gateway.clusterhub.io/cluster").json()
     assert len(after["items"]) == len(before["items"])
+
+
+# From a kernel, with the notebook pod's ServiceAccount token (what any attendee's code can
+# read): read and rewrite the space's record of its profile.
+REWRITE_SPACE_RECORD = (
+    POD_API_CLIENT
+    + """
+record = f"/api/v1/namespaces/{ns}/configmaps/clusterhub-space"
+bigger = {"apiVersion": "v1", "kind": "ConfigMap",
+          "metadata": {"name": "clusterhub-space", "namespace": ns},
+          "data": {"limits": json.dumps({"workers": 64, "worker_cores": 64,
+                                         "worker_memory_gib": 256})}}
+print(json.dumps({
+    "read": call("GET", record),
+    "replace": call("PUT", record, bigger),
+    "delete": call("DELETE", record),
+    "create": call("POST", f"/api/v1/namespaces/{ns}/configmaps",
+                   dict(bigger, metadata={"name": "clusterhub-space-2", "namespace": ns})),
+}))
+"""
+)
+
+
+def option_spec(gateway, token: str) -> dict:
+    answer = gateway.api("GET", "options", token)
+    assert answer.status_code == 200, answer.text
+    return {field["field"]: field for field in answer.json()["cluster_options"]}
+
+
+def test_a_profile_only_the_hubs_config_has_bounds_and_sizes_the_users_clusters(
+    hub, gateway, kubectl
+):
+    """The hub resolves the profile and records it in the space; the gateway, which has no
+    copy of the profiles, bounds and sizes clusters by that record. The attendee's own code
+    can neither read nor rewrite it."""
+    erin = spawn(hub, "erin", profile="wide", worker_cores="3", worker_memory_gib="5")
+    token = hub.user_token("erin")
+    kernel = erin.kernel()
+    try:
+        spec = option_spec(gateway, token)
+        assert (spec["worker_cores"]["default"], spec["worker_cores"]["spec"]["max"]) == (3, 3)
+        assert spec["worker_memory"]["default"] == 5.0
+        assert spec["worker_memory"]["spec"]["max"] == 6.0
+        refused = gateway.api(
+            "POST", "clusters/", token, json={"cluster_options": {"worker_cores": 4}}
+        )
+        assert refused.status_code == 422
+        assert "worker_cores: must be a number from 1 to 3, not 4" in refused.json()["error"]
+
+        namespace = kubectl.space_of("erin")
+        path = f"/api/v1/namespaces/{namespace}/configmaps/clusterhub-space"
+        before = kubectl.get(path).json()
+        attempts = json.loads(kernel.execute(REWRITE_SPACE_RECORD).strip().splitlines()[-1])
+        assert attempts == {"read": 403, "replace": 403, "delete": 403, "create": 403}
+        after = kubectl.get(path).json()
+        assert after["data"] == before["data"]
+        assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+        assert option_spec(gateway, token)["worker_cores"]["spec"]["max"] == 3
+    finally:
+        kernel.close()
+        erin.stop_server()
 
 
 def test_a_gateway_restart_resumes_a_running_cluster(hub, gateway, kubectl, alice, alices_cluster):

@@ -29,7 +29,12 @@ from helmtools import find_helm, helm_env
 
 from clusterhub.gateway.kubeobjects import GATEWAY_CLUSTER_RULES, GATEWAY_SPACE_RULES
 from clusterhub.profiles import DEFAULT_PROFILES, validate_profiles
-from clusterhub.settings import LOCAL_ONLY_FIELDS, PlatformSettings
+from clusterhub.settings import (
+    DEFAULT_NAMESPACE_PREFIX,
+    LOCAL_ONLY_FIELDS,
+    KubernetesSettings,
+    PlatformSettings,
+)
 from clusterhub.spawner import kubeobjects as ko
 
 K8S_VERSION = "1.34.0"
@@ -381,6 +386,8 @@ def test_settings_secret_is_the_contract(rendered, case, tmp_path):
     loaded = PlatformSettings.load(str(path))
     assert loaded.workshop_code == CODE
     assert loaded.gateway_http_port == 8000
+    assert loaded.kubernetes.hub_namespace == NAMESPACE
+    assert loaded.kubernetes.to_dict() == k8s
 
 
 def test_settings_keys_are_the_platform_settings_fields():
@@ -388,6 +395,7 @@ def test_settings_keys_are_the_platform_settings_fields():
     local mode's attendee accounts)."""
     fields = {f.name for f in dataclasses.fields(PlatformSettings)}
     assert fields - LOCAL_ONLY_FIELDS == SETTINGS_KEYS
+    assert set(KubernetesSettings.class_trait_names(config=True)) == KUBERNETES_KEYS
 
 
 def test_default_settings_match_the_python_defaults(rendered):
@@ -395,7 +403,7 @@ def test_default_settings_match_the_python_defaults(rendered):
     k8s = settings["kubernetes"]
     assert k8s["profiles"] == validate_profiles(copy.deepcopy(DEFAULT_PROFILES))
     assert k8s["network_policy"] == ko.DEFAULT_NETWORK_ALLOW
-    assert k8s["namespace_prefix"] == "clusterhub-"
+    assert k8s["namespace_prefix"] == DEFAULT_NAMESPACE_PREFIX
     assert k8s["notebook_image"] == "quay.io/clusterhub/notebook:0.1.0"
     assert k8s["cluster_image"] == "quay.io/clusterhub/cluster:0.1.0"
     assert k8s["home_storage"] == {"size": "1Gi", "storage_class": ""}
@@ -791,7 +799,7 @@ def test_gateway_pod_rbac_and_service(rendered):
 
 def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_path, monkeypatch):
     """The config module the gateway pod loads, fed the chart's settings: clusters go into
-    user namespaces named as the spawner names them, bounded by the chart's profiles."""
+    user namespaces named as the spawner names them."""
 
     settings = _gateway_settings(rendered("default"))
     # The hub's login secrets are not the gateway's: a compromised gateway cannot hand them out.
@@ -808,7 +816,8 @@ def test_the_charts_gateway_config_runs_the_kubernetes_backend(rendered, tmp_pat
     assert backend.hub_namespace == NAMESPACE
     assert backend.namespace_prefix == settings["kubernetes"]["namespace_prefix"]
     assert backend.hub_name == settings["kubernetes"]["hub_name"]
-    assert backend.profiles == settings["kubernetes"]["profiles"]
+    # The gateway has no copy of the profiles: each space records its own (its ConfigMap).
+    assert "profiles" not in backend
     assert backend.stop_clusters_on_shutdown is False
     assert backend.api_url == (
         f"http://dask-gateway.{NAMESPACE}.svc:8000/services/dask-gateway/api"

@@ -29,6 +29,7 @@ from test_kube_spawner import Kubectl, RunningKubeHub, spawn
 from clusterhub.spawner import kubeobjects as ko
 from tests.kube import (
     CLUSTERHUB_IMAGE_USERS,
+    POD_API_CLIENT,
     busy_ports,
     pod_shared_dir,
     wait_for,
@@ -192,22 +193,11 @@ def worker_image(kubectl: Kubectl, ns: str, deployment: str) -> str:
 
 
 # From a kernel, with the pod's ServiceAccount token (what any attendee's code can read).
-REWRITE_ENGINE = """
-import json, os, ssl, urllib.error, urllib.request
-sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
-base = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
-token, ns = open(sa + "token").read(), open(sa + "namespace").read()
-tls = ssl.create_default_context(cafile=sa + "ca.crt")
+REWRITE_ENGINE = (
+    POD_API_CLIENT
+    + """
 def patch(path, body):
-    request = urllib.request.Request(
-        base + path, data=json.dumps(body).encode(), method="PATCH",
-        headers={"Authorization": "Bearer " + token,
-                 "Content-Type": "application/strategic-merge-patch+json"})
-    try:
-        with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
-            return answer.status
-    except urllib.error.HTTPError as refused:
-        return refused.code
+    return call("PATCH", path, body, "application/strategic-merge-patch+json")
 engine = f"/apis/apps/v1/namespaces/{ns}/deployments/ipengine"
 evil = [{"name": "ipengine", "image": "evil"}]
 containers = {"spec": {"template": {"spec": {"containers": evil}}}}
@@ -217,6 +207,7 @@ print(json.dumps({
     "scale": patch(engine + "/scale", {"spec": {"replicas": 2}}),
 }))
 """
+)
 
 
 def refusals_change_nothing(user: BrowserUser, kubectl: Kubectl, engine: str, deployment: str):

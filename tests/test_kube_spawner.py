@@ -164,6 +164,7 @@ class Kubectl:
         "limitranges": "/api/v1/namespaces/{ns}/limitranges",
         "services": "/api/v1/namespaces/{ns}/services",
         "secrets": "/api/v1/namespaces/{ns}/secrets",
+        "configmaps": "/api/v1/namespaces/{ns}/configmaps",
         "deployments": "/apis/apps/v1/namespaces/{ns}/deployments",
         "networkpolicies": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
         "roles": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
@@ -304,6 +305,8 @@ EXPECTED_SPACE = {
     "roles": {"notebook"},
     # the notebook's, and the hub's and the gateway's rights in the space (see space_roles)
     "rolebindings": {"notebook", "clusterhub-hub", "clusterhub-dask-gateway"},
+    # what the user's server was started with, for the gateway (make_space_record)
+    "configmaps": {"clusterhub-space"},
 }
 
 
@@ -573,9 +576,26 @@ def test_a_start_replaces_the_settings_a_kept_namespace_still_holds(hub, kubectl
             "spec": stale,
         },
     ).raise_for_status()
+    # ... and a record of a far larger profile, which the gateway must never go by.
+    huge = {"workers": 64, "worker_cores": 64, "worker_memory_gib": 256}
+    kubectl.post(
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "clusterhub-space"},
+            "data": {"limits": json.dumps(huge)},
+        },
+    ).raise_for_status()
     user = spawn(hub, "keeper", profile="dask")
     (quota,) = kubectl.items("resourcequotas", ns)
     assert quota["spec"] != stale and quota["spec"]["hard"]["pods"] != "1"
+    (record,) = kubectl.items("configmaps", ns)
+    assert json.loads(record["data"]["limits"]) == {
+        "workers": 8,
+        "worker_cores": 2,
+        "worker_memory_gib": 4,
+    }
     user.stop_server(timeout=90)
 
 

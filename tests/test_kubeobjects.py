@@ -436,9 +436,57 @@ def test_in_a_space_the_hub_may_do_what_making_it_needs():
 
 def test_the_hub_may_replace_the_settings_it_replaces_on_start():
     # spawner/kube.py replaces these when a space's namespace kept them over a stop.
-    for plural in ("resourcequotas", "limitranges", "networkpolicies", "roles", "rolebindings"):
+    kept = (
+        "resourcequotas",
+        "limitranges",
+        "networkpolicies",
+        "roles",
+        "rolebindings",
+        "configmaps",
+    )
+    for plural in kept:
         rule = next(rule for rule in ko.HUB_SPACE_RULES if plural in rule["resources"])
         assert "update" in rule["verbs"], plural
+
+
+def test_the_space_record_holds_the_profiles_maxima_and_the_chosen_sizes():
+    record = ko.make_space_record(
+        "clusterhub-alice",
+        limits={"workers": 8, "worker_cores": 2, "worker_memory_gib": 4},
+        options={"profile": "dask", "workers": 2, "worker_cores": 2, "worker_memory_gib": 3},
+    )
+    assert record == {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "clusterhub-space",
+            "namespace": "clusterhub-alice",
+            "labels": {"app.kubernetes.io/managed-by": "clusterhub"},
+        },
+        "data": {
+            "limits": '{"worker_cores": 2, "worker_memory_gib": 4, "workers": 8}',
+            "options": (
+                '{"profile": "dask", "worker_cores": 2, "worker_memory_gib": 3, "workers": 2}'
+            ),
+        },
+    }
+    assert ko.read_space_record(record["data"]) == (
+        {"workers": 8, "worker_cores": 2, "worker_memory_gib": 4},
+        {"profile": "dask", "workers": 2, "worker_cores": 2, "worker_memory_gib": 3},
+    )
+
+
+@pytest.mark.parametrize(
+    "data", [None, {}, {"limits": "not json"}, {"limits": "[8]"}, {"limits": "{}", "options": "3"}]
+)
+def test_what_is_not_a_space_record_is_refused(data):
+    with pytest.raises(ValueError, match="clusterhub-space: not a space record"):
+        ko.read_space_record(data)
+
+
+def test_the_notebook_has_no_rights_on_the_space_record():
+    # Only the hub writes it and only the gateway reads it: the attendee's code can do neither.
+    assert not any("configmaps" in rule["resources"] for rule in ko.NOTEBOOK_ROLE_RULES)
 
 
 def test_hub_cluster_role_and_binding():

@@ -2,7 +2,7 @@ import kubernetes_validate
 import pytest
 
 from clusterhub.profiles import DEFAULT_PROFILES, validate_options, validate_profiles
-from clusterhub.spawner.kubeobjects import parse_quantity
+from clusterhub.spawner.kubeobjects import parse_quantity, read_space_record
 from clusterhub.spawner.kubespace import (
     make_space_objects,
     notebook_limits_env,
@@ -173,3 +173,23 @@ def test_the_hub_binds_its_own_rights_first_then_the_gateways():
     assert third["kind"] == "ResourceQuota"
     # Without space roles (a hub given its rights otherwise): no bindings at all.
     assert objects_for("dask")[0]["kind"] == "ResourceQuota"
+
+
+def test_the_space_records_its_profiles_maxima_and_the_sizes_chosen_on_the_form():
+    options = validate_options(
+        list(PROFILES.values()),
+        {"profile": "dask-spark", "worker_cores": 2, "worker_memory_gib": 3},
+    )
+    objects = make_space_objects(
+        "clusterhub-alice",
+        hub_namespace="hub",
+        profile=PROFILES["dask-spark"],
+        options=options,
+        cluster_image="registry.example/cluster:1",
+    )
+    (record,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert read_space_record(record["data"]) == (
+        {"workers": 4, "worker_cores": 2, "worker_memory_gib": 4},
+        options.to_dict(),
+    )
+    assert options.to_dict()["worker_memory_gib"] == 3

@@ -12,8 +12,9 @@ assertion rewriting (and pytest warns).
 
 ``tests`` has no ``__init__.py`` on purpose (pytest's rootdir-relative imports); ``tests.kube``
 is importable as a namespace package because pytest puts the repository root on ``sys.path``
-(``pythonpath`` in pyproject.toml), as it puts ``tests/`` there for ``waiting`` and the other
-shared helpers. A script outside pytest (the benchmarks) prepends both itself.
+(``pythonpath`` in pyproject.toml), as it puts ``tests/`` there for the shared helpers. A
+script outside pytest (the benchmarks) runs as a module from the root: ``tests.kube``
+imports ``tests.waiting``, which works both ways.
 """
 
 import os
@@ -28,6 +29,7 @@ from .errors import ApiError
 from .kubelet import ProcessKubelet
 
 __all__ = [
+    "POD_API_CLIENT",
     "ApiError",
     "KubeEmulator",
     "ProcessKubelet",
@@ -99,3 +101,23 @@ def busy_ports(ports: tuple[int, ...]) -> list[int]:
             except OSError:
                 found.append(port)
     return found
+
+
+# Code for a pod's own process (a kernel): ``call(method, path, body)`` against the API server
+# with the pod's ServiceAccount token, as any attendee's code can; answers the HTTP status.
+POD_API_CLIENT = """
+import json, os, ssl, urllib.error, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
+base = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
+token, ns = open(sa + "token").read(), open(sa + "namespace").read()
+tls = ssl.create_default_context(cafile=sa + "ca.crt")
+def call(method, path, body=None, content_type="application/json"):
+    request = urllib.request.Request(
+        base + path, method=method, data=body and json.dumps(body).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+"""
