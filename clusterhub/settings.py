@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from traitlets import Bool, Dict, Float, List, TraitError, Unicode
@@ -272,8 +272,15 @@ class PlatformSettings:
             )
         with open(path) as f:
             data = json.load(f)
-        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: settings must be an object, not {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
+        for name, value in data.items():
+            _check_type(name, known[name].type, value)
+        missing = [f.name for f in known.values() if f.name not in data and _required(f)]
+        if missing:
+            raise ValueError(f"{missing[0]}: required in the settings file {path}")
         data["kubernetes"] = KubernetesSettings.from_dict(data.get("kubernetes") or {})
         settings = cls(**data)
         if settings.mode not in ("local", "kubernetes"):
@@ -281,3 +288,29 @@ class PlatformSettings:
         if settings.mode == "kubernetes":
             settings.kubernetes.check_required()
         return settings
+
+
+# The settings file's field types, as PlatformSettings declares them (its annotations are
+# strings: ``from __future__ import annotations``); "kubernetes" is checked by its own class.
+_FIELD_TYPES = {
+    "str": (str, "a string"),
+    "int": (int, "a whole number"),
+    "bool": (bool, "true or false"),
+}
+
+
+def _check_type(name: str, declared: str, value: Any) -> None:
+    if declared == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{name}: must be a list of strings, not {value!r}")
+        return
+    if declared not in _FIELD_TYPES:
+        return
+    kind, words = _FIELD_TYPES[declared]
+    # JSON's true is no number here, and a number is no flag.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{name}: must be {words}, not {value!r}")
+
+
+def _required(f) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING

@@ -86,3 +86,26 @@ def test_local_mode_needs_no_kubernetes_section(tmp_path):
     settings = PlatformSettings.load(write(tmp_path))
     assert settings.mode == "local"
     assert settings.kubernetes.hub_namespace == ""
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"port": "8000"}, "port: must be a whole number, not '8000'"),
+        ({"port": True}, "port: must be a whole number, not True"),
+        ({"user_accounts": 1}, "user_accounts: must be true or false, not 1"),
+        ({"admin_users": "admin"}, "admin_users: must be a list of strings, not 'admin'"),
+        ({"workshop_code": None}, "workshop_code: must be a string, not None"),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_naming_it(tmp_path, values, message):
+    with pytest.raises(ValueError) as refused:
+        PlatformSettings.load(write(tmp_path, **values))
+    assert message in str(refused.value)
+
+
+def test_a_missing_required_field_is_refused_naming_it(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"data_dir": str(tmp_path), "workshop_code": "code"}))
+    with pytest.raises(ValueError, match="admin_password: required in the settings file"):
+        PlatformSettings.load(str(path))
