@@ -258,10 +258,13 @@ class KubeSpaceBackend(DashboardRoutes, DBBackendBase):
             record = await self._request(
                 self.core.read_namespaced_config_map(k.SPACE_RECORD_NAME, namespace)
             )
-            return k.read_space_record(record.data)
-        except (ApiException, ValueError) as exc:
-            if isinstance(exc, ApiException) and exc.status != 404:
+        except ApiException as exc:
+            if exc.status != 404:
                 raise
+            record = None
+        try:
+            return k.read_space_record(record.data if record else None)
+        except ValueError:
             raise UserError(
                 f"user {username!r}'s space has no record of its profile "
                 f"({k.SPACE_RECORD_NAME} in {namespace}): restart your server",

@@ -55,8 +55,8 @@ GATEWAY_CLUSTER_RULES: list[dict[str, Any]] = [
 #: What it may do in a user's namespace, where the hub binds these rules for it when it makes
 #: the space: make and remove a cluster's pods, its Service and its TLS Secret, and read the
 #: space's record. Secrets are never read back (no get/list/watch). The Helm chart renders
-#: both lists from helm/clusterhub/files/rbac-rules.json (helm/generate_rbac.py; tests/test_helm.py
-#: checks).
+#: both lists from helm/clusterhub/files/rbac-rules.json (helm/generate_rbac.py;
+#: tests/test_helm.py checks).
 GATEWAY_SPACE_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "delete"]},
     {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["create", "delete"]},

@@ -14,6 +14,7 @@ import time
 
 import psutil
 import pytest
+import requests
 from gatewaykube import (
     IMAGE_ENTRYPOINTS,
     GatewayProcess,
@@ -195,6 +196,15 @@ def test_a_profile_only_the_hubs_config_has_bounds_and_sizes_the_users_clusters(
         assert after["data"] == before["data"]
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
         assert option_spec(gateway, token)["worker_cores"]["spec"]["max"] == 3
+
+        # Without its record (a space made before records existed) the gateway refuses and
+        # says what to do; it never falls back to other bounds.
+        gone = requests.delete(kubectl.base + path, headers=kubectl.headers, timeout=10)
+        assert gone.status_code == 200, gone.text
+        refused = gateway.api("POST", "clusters/", token, json={"cluster_options": {}})
+        assert refused.status_code == 422
+        assert "has no record of its profile" in refused.json()["error"]
+        assert "restart your server" in refused.json()["error"]
     finally:
         kernel.close()
         erin.stop_server()
