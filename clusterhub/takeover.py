@@ -21,6 +21,7 @@ import time
 import psutil
 
 from . import procs
+from .ports import port_is_free
 
 LOCK_NAME = "up.lock"
 # An executable's name -> the platform role of the process running it.
@@ -28,6 +29,9 @@ ROLES = {
     "jupyterhub": "hub",
     "configurable-http-proxy": "proxy",
     "dask-gateway-server": "gateway",
+    # The gateway's own child, which holds its HTTP and scheduler ports: it notices its
+    # parent died only when it next reads, and must not hold those ports meanwhile.
+    "dask-gateway-proxy": "gateway-proxy",
 }
 
 
@@ -69,7 +73,8 @@ class PlatformLock:
 
 def platform_role(cmdline: list[str]) -> str | None:
     """Which of the platform's own processes ``cmdline`` runs, if any: "hub", "proxy",
-    "gateway" or "culler". Attendees' servers, kernels and engines have no role here."""
+    "gateway", "gateway-proxy" or "culler". Attendees' servers, kernels and engines have
+    no role here."""
     for arg in cmdline[:3]:
         role = ROLES.get(os.path.basename(arg))
         if role:
@@ -93,24 +98,39 @@ def leftovers(data_dir: str, roles: set[str] | None = None) -> list[psutil.Proce
     return found
 
 
-def listening_ports(processes: list[psutil.Process]) -> set[int]:
-    ports = set()
+def listening_addresses(processes: list[psutil.Process]) -> set[tuple[str, int]]:
+    """The (ip, port) pairs ``processes`` listen on."""
+    addresses = set()
     for proc in processes:
         try:
             connections = proc.net_connections(kind="inet")
         except psutil.Error:
             continue
-        ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)
-    return ports
+        addresses.update(
+            (c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN
+        )
+    return addresses
 
 
-def stop(processes: list[psutil.Process], data_dir: str, timeout: float = 10) -> None:
+def listening_ports(processes: list[psutil.Process]) -> set[int]:
+    return {port for _, port in listening_addresses(processes)}
+
+
+def stop(
+    processes: list[psutil.Process], data_dir: str, timeout: float = 10
+) -> set[tuple[str, int]]:
     """SIGKILL, as a crash would (a hub asked to stop would stop every attendee's server);
-    then forget the proxy's pid file.
+    wait until the ports they listened on are free; forget the proxy's pid file. Returns the
+    addresses still taken after ``timeout`` (empty when all went well).
 
-    The new hub would otherwise find the old proxy's pid there and, if that process is
-    not reaped yet (a zombie until whoever inherited it waits for it: init at once, a
-    container's first process perhaps never), give up with "Failed to stop proxy"."""
+    The successors bind the same ports, which servers, kernels and clusters were given. A
+    process counts as exited once its main thread is a zombie, while its other threads may
+    still hold its sockets for a moment; so the ports themselves are waited for.
+
+    The new hub would otherwise find the old proxy's pid in its pid file and, if that
+    process is not reaped yet (a zombie until whoever inherited it waits for it: init at
+    once, a container's first process perhaps never), give up with "Failed to stop proxy"."""
+    addresses = listening_addresses(processes)
     for proc in processes:
         try:
             proc.kill()
@@ -125,7 +145,14 @@ def stop(processes: list[psutil.Process], data_dir: str, timeout: float = 10) ->
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.05)
+    taken = set(addresses)
+    while taken:
+        taken = {(ip, port) for ip, port in taken if not port_is_free(ip, port)}
+        if not taken or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     try:
         os.unlink(os.path.join(data_dir, "hub", "proxy.pid"))
     except FileNotFoundError:
         pass
+    return taken

@@ -318,7 +318,9 @@ class Platform:
             settings.start_slots or admission.default_slots(),
         )
         self.hub = Supervised("hub", self._start_hub, before_restart=self._clear_dead_hub)
-        self.gateway = Supervised("gateway", self._start_gateway)
+        self.gateway = Supervised(
+            "gateway", self._start_gateway, before_restart=self._clear_dead_gateway
+        )
 
     def start(self) -> None:
         s = self.settings
@@ -372,6 +374,13 @@ class Platform:
         idle culler."""
         takeover.stop(
             takeover.leftovers(self.settings.data_dir, roles={"proxy", "culler"}),
+            self.settings.data_dir,
+        )
+
+    def _clear_dead_gateway(self) -> None:
+        """The proxy of a gateway that died, which holds the ports its successor binds."""
+        takeover.stop(
+            takeover.leftovers(self.settings.data_dir, roles={"gateway-proxy"}),
             self.settings.data_dir,
         )
 
@@ -555,11 +564,18 @@ def _internal_ports(data_dir: str) -> dict[str, int]:
     ports = {}
     for name in INTERNAL_PORTS:
         port = previous.get(name)
-        if isinstance(port, int) and 0 < port < 65536 and port_is_free("127.0.0.1", port):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            ports[name] = free_port()
+        elif port_is_free("127.0.0.1", port):
             reserve(port)
             ports[name] = port
         else:
             ports[name] = free_port()
+            _say(
+                f"clusterhub: warning: the previous run's {name} {port} is taken by another "
+                f"program, so {ports[name]} is used: what outlived that run (servers, kernels, "
+                "clusters) cannot reach the platform there any more"
+            )
     return ports
 
 

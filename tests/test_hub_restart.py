@@ -4,6 +4,7 @@ every start makes `up` give up after the restart limit, stop everything and say 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from hubclient import (
 )
 
 from clusterhub.procs import process_exited, wait_until
+from clusterhub.up import INTERNAL_PORTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -29,6 +31,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def hub_pid(platform) -> int:
     with open(os.path.join(platform.data_dir, "hub", "jupyterhub.pid")) as f:
         return int(f.read().strip())
+
+
+def internal_ports(platform) -> dict[str, int]:
+    with open(os.path.join(platform.data_dir, "run", "settings.json")) as f:
+        settings = json.load(f)
+    return {name: settings[name] for name in INTERNAL_PORTS}
 
 
 def hub_answers(platform) -> bool:
@@ -158,6 +166,7 @@ def test_an_up_started_again_after_its_predecessor_died_takes_over_every_session
         assert f"in use by a running platform (clusterhub up pid {first_up})" in second.stderr
 
         # `clusterhub up` itself dies; the hub, the proxy and the gateway it started run on.
+        ports = internal_ports(platform)
         old_hub = hub_pid(platform)
         platform.proc.kill()
         platform.proc.wait()
@@ -166,6 +175,10 @@ def test_an_up_started_again_after_its_predecessor_died_takes_over_every_session
         platform.start()  # the organiser runs it again
         said = "".join(platform.output)
         assert "taking over (attendees' servers, kernels and clusters are kept)" in said, said
+        # On the same ports (the kernel's client has the gateway's scheduler port), once the
+        # stopped processes and the gateway's proxy let go of them.
+        assert internal_ports(platform) == ports
+        assert "warning" not in said, said
         assert hub_pid(platform) != old_hub
         assert process_exited(old_hub), "the old hub was stopped"
         model = platform.admin_api("GET", "/users/alice").json()

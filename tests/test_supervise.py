@@ -4,12 +4,13 @@ the local spawner re-attaching after a hub restart without ever signalling a reu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
-from clusterhub.procs import process_start_time
+from clusterhub.procs import process_exited, process_start_time
 from clusterhub.supervise import RestartPolicy, Supervised
 
 
@@ -121,6 +122,7 @@ def test_the_platforms_own_processes_are_told_from_attendees_by_their_command():
         "hub": [f"{venv}/python", f"{venv}/jupyterhub", "-f", "/x/jupyterhub_config.py"],
         "proxy": ["node", "/x/node_modules/.bin/configurable-http-proxy", "--ip", "127.0.0.1"],
         "gateway": [f"{venv}/python", f"{venv}/dask-gateway-server", "-f", "/x/config.py"],
+        "gateway-proxy": [f"{venv}/lib/dask_gateway_server/proxy/dask-gateway-proxy", "-address"],
         "culler": [f"{venv}/python", "-m", "jupyterhub_idle_culler", "--timeout=3600"],
     }
     for role, cmdline in cases.items():
@@ -136,6 +138,101 @@ def test_the_platforms_own_processes_are_told_from_attendees_by_their_command():
     ]
     for cmdline in attendees:
         assert platform_role(cmdline) is None, cmdline
+
+
+# A platform process listening on a port, whose socket outlives it for LINGER seconds in a
+# child: as the last threads of a killed process hold its sockets for a moment, or as the
+# gateway's proxy holds the gateway's ports until it notices its parent is gone.
+LINGERING_LISTENER = """
+import os, socket, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+child = os.fork()
+if child == 0:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.02)
+    time.sleep(float(sys.argv[1]))
+    os._exit(0)
+print(sock.getsockname()[1], child, flush=True)
+time.sleep(600)
+"""
+
+
+def start_lingering_listener(linger: float) -> tuple[subprocess.Popen, int, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LINGERING_LISTENER, str(linger)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    port, child = (int(x) for x in proc.stdout.readline().split())
+    return proc, port, child
+
+
+def test_a_takeover_returns_once_the_ports_of_what_it_stopped_are_free(tmp_path):
+    import psutil
+
+    from clusterhub import takeover
+    from clusterhub.ports import port_is_free
+
+    proc, port, child = start_lingering_listener(1.0)
+    try:
+        assert not port_is_free("127.0.0.1", port)
+        taken = takeover.stop([psutil.Process(proc.pid)], str(tmp_path))
+        assert proc.poll() is not None, "stopped by force"
+        assert taken == set()
+        # Its successor binds the same port at once, though the socket outlived the process.
+        assert port_is_free("127.0.0.1", port)
+        assert process_exited(child)
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, 9)
+
+
+def test_a_takeover_names_the_ports_still_taken_when_its_wait_runs_out(tmp_path):
+    import psutil
+
+    from clusterhub import takeover
+
+    proc, port, child = start_lingering_listener(600)
+    try:
+        taken = takeover.stop([psutil.Process(proc.pid)], str(tmp_path), timeout=1)
+        assert taken == {("127.0.0.1", port)}
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, 9)
+
+
+def test_a_new_up_keeps_the_previous_ports_and_says_which_it_could_not(tmp_path, capsys):
+    import json
+    import socket
+
+    from clusterhub import up
+    from clusterhub.ports import free_port
+
+    previous = {name: free_port() for name in up.INTERNAL_PORTS}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "settings.json").write_text(json.dumps(previous))
+    with socket.socket() as holder:  # another program took the gateway's scheduler port
+        holder.bind(("127.0.0.1", previous["gateway_tcp_port"]))
+        holder.listen()
+        ports = up._internal_ports(str(tmp_path))
+    said = capsys.readouterr().out
+    assert ports["gateway_tcp_port"] != previous["gateway_tcp_port"]
+    assert {k: v for k, v in ports.items() if k != "gateway_tcp_port"} == {
+        k: v for k, v in previous.items() if k != "gateway_tcp_port"
+    }
+    assert (
+        f"the previous run's gateway_tcp_port {previous['gateway_tcp_port']} is taken by "
+        f"another program, so {ports['gateway_tcp_port']} is used"
+    ) in said
+    assert said.count("warning") == 1, said
 
 
 def test_a_second_up_on_one_data_dir_is_refused_with_the_first_ones_pid(tmp_path):
