@@ -33,7 +33,7 @@ class ProcessRecord:
     """A process we started: the pid plus its start time tells it apart from a reused pid."""
 
     pid: int
-    create_time: float
+    create_time: float  # procs.process_start_time: seconds since boot (the epoch, if older)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,14 +44,17 @@ class ProcessRecord:
 
     @classmethod
     def of(cls, pid: int) -> ProcessRecord:
-        return cls(pid=pid, create_time=psutil.Process(pid).create_time())
+        started = process_start_time(pid)
+        if started is None:
+            raise psutil.NoSuchProcess(pid)
+        return cls(pid=pid, create_time=started)
 
     def process(self) -> psutil.Process | None:
         """The live process, or None when it has exited (or the pid was reused)."""
         try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.01:
+            if not is_process(self.pid, self.create_time):
                 return None
+            proc = psutil.Process(self.pid)
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
             return proc
@@ -197,14 +200,49 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
         time.sleep(interval)
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Start times that earlier releases recorded were wall-clock times (seconds since the epoch):
+# no machine has been up for this many seconds since it booted.
+_WALL_CLOCK_RECORDS = 1e9
+
+
 def process_start_time(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch, as the kernel counts it: the
-    same value every time for one process), or None if there is no such process. With the
-    pid, it names one process: a pid reused later has another start time."""
+    """When process ``pid`` started, in seconds since the machine booted, or None if there is
+    no such process. With the pid, it names one process: a pid reused later has another.
+
+    It is the kernel's tick count for the process, which never changes. Not psutil's
+    ``create_time()``: that adds the boot time, which the kernel works out from the wall
+    clock whenever it is read, so an adjustment of the clock (NTP, often in a machine's first
+    minutes) moves it by a whole second, and every process would seem to be another one."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
         return None
+    # The command name, in parentheses, may hold spaces and parentheses of its own.
+    after_name = stat.rsplit(b")", 1)[1].split()
+    return int(after_name[19]) / CLOCK_TICKS  # field 22 of proc(5), starttime
+
+
+def is_process(pid: int, started: float | None) -> bool:
+    """Whether ``pid`` still names the process that started at ``started`` (a value of
+    :func:`process_start_time`), a zombie included."""
+    if started is None:
+        return False
+    if started >= _WALL_CLOCK_RECORDS:
+        return _started_at_wall_clock(pid, started)
+    now = process_start_time(pid)
+    return now is not None and abs(now - started) < 0.5 / CLOCK_TICKS
+
+
+def _started_at_wall_clock(pid: int, started: float) -> bool:
+    """The same, for a start time an earlier release recorded from psutil's wall-clock
+    ``create_time()``: the boot time within it may have moved by whole seconds since."""
+    try:
+        drift = psutil.Process(pid).create_time() - started
+    except psutil.Error:
+        return False
+    return abs(drift - round(drift)) < 0.01 and abs(round(drift)) <= 2
 
 
 def process_exited(pid: int) -> bool:

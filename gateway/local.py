@@ -31,7 +31,6 @@ import asyncio
 import os
 import signal
 
-import psutil
 from dask_gateway_server.backends.db_base import JobStatus
 from dask_gateway_server.backends.local import UnsafeLocalBackend, is_running, wait_is_shutdown
 from dask_gateway_server.utils import timestamp
@@ -41,6 +40,7 @@ from clusterhub import admission
 from clusterhub.accounts import identity_of
 from clusterhub.forkserver import take_identity
 from clusterhub.hostnames import can_have_own_hostnames, worker_hostname
+from clusterhub.procs import is_process, process_start_time
 from clusterhub.space import LocalSpace
 
 from .dashboards import DashboardRoutes
@@ -49,15 +49,6 @@ from .warm_pool import DaskForkServer
 # How much likelier than other processes a worker is to be the OOM killer's choice (-1000
 # to 1000; 0 for everything else of a space).
 WORKER_OOM_SCORE_ADJ = 500
-
-
-def started_at(pid: int) -> float | None:
-    """When process ``pid`` started (None: it is gone): with its pid, it names the process,
-    where a pid alone may name another one once the first has exited."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
 def is_same_process(state: dict) -> bool:
@@ -70,17 +61,12 @@ def is_same_process(state: dict) -> bool:
         return False
     if "started" not in state:
         return is_running(pid)
-    started = started_at(pid)
-    return (
-        started is not None
-        and state["started"] is not None
-        and (abs(started - state["started"]) < 0.01)
-    )
+    return is_process(pid, state["started"])
 
 
 def _with_start_time(state: dict) -> dict:
     if "pid" in state:
-        return {**state, "started": started_at(state["pid"])}
+        return {**state, "started": process_start_time(state["pid"])}
     return state
 
 

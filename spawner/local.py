@@ -50,7 +50,7 @@ from clusterhub.fences import Fence, platform_id, unavailable_reason
 from clusterhub.gateway.client import stop_user_clusters
 from clusterhub.owner_tasks import run_as_owner_async
 from clusterhub.ports import accepts
-from clusterhub.procs import process_exited, process_start_time
+from clusterhub.procs import is_process, process_exited, process_start_time
 from clusterhub.space import LocalSpace
 from clusterhub.usererror import UserError
 
@@ -455,7 +455,7 @@ class LocalSpaceSpawner(SpaceSpawnerMixin, SimpleLocalProcessSpawner):
         if self.proc is None and self.pid:
             recorded = getattr(self, "_pid_started", None)
             started = process_start_time(self.pid)
-            if started is not None and started != recorded:
+            if started is not None and not is_process(self.pid, recorded):
                 self.log.warning(
                     "Server of %s: pid %d is no longer its process; recorded as stopped",
                     self.user.name,

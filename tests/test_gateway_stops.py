@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 from dask_gateway_server.backends.db_base import JobStatus
 
-from clusterhub.gateway.local import LocalSpaceBackend, started_at
+from clusterhub.gateway.local import LocalSpaceBackend
+from clusterhub.procs import process_start_time as started_at
 
 # Says which signal asked it to stop, then stops (as a Dask process closes on SIGINT).
 RECORDS_ITS_SIGNAL = """

@@ -99,6 +99,13 @@ def test_after_a_hub_restart_a_reused_pid_is_never_signalled(tmp_path):
         # Control: the state names this very process (same pid, same start time).
         spawner.load_state({"pid": other_program.pid, "pid_started": started})
         assert asyncio.run(spawner.poll()) is None, "its server runs: re-attached"
+        # So does a state an earlier release wrote, with the wall-clock start time.
+        import psutil
+
+        wall_clock = psutil.Process(other_program.pid).create_time()
+        spawner.load_state({"pid": other_program.pid, "pid_started": wall_clock})
+        assert asyncio.run(spawner.poll()) is None, "re-attached after an upgrade"
+        assert spawner.get_state()["pid_started"] == started, "recorded anew, since boot"
 
         # The state's pid now belongs to a process that started at another time.
         spawner.load_state({"pid": other_program.pid, "pid_started": started - 100})
