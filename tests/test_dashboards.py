@@ -203,7 +203,7 @@ def test_alices_page_cannot_act_as_bob_who_opens_it(platform, alice, bob, cluste
     # alice opens her dashboard, and sends bob the link to her page under it (view key and
     # all), which is all a stranger needs to get bob to open it.
     shown = alice.session.get(public(platform, link), timeout=60)
-    assert shown.status_code == 200
+    assert shown.status_code == 200, shown.text[:300]
     lure = shown.url.replace("/status", "/mine")
     with chromium(tmp_path / "home") as browser:
         page = browser.new_context().new_page()
