@@ -12,7 +12,7 @@ import pytest
 from dask_gateway_server.backends.db_base import JobStatus
 
 from clusterhub.gateway.local import LocalSpaceBackend
-from clusterhub.procs import process_start_time as started_at
+from clusterhub.procs import process_start_time
 
 # Says which signal asked it to stop, then stops (as a Dask process closes on SIGINT).
 RECORDS_ITS_SIGNAL = """
@@ -45,7 +45,10 @@ def worker_of(
 ) -> SimpleNamespace:
     """A worker whose state records ``proc`` as the gateway does: its pid and start time
     (``started``: another start time, as when the pid has been taken by another process)."""
-    state = {"pid": proc.pid, "started": started_at(proc.pid) if started is None else started}
+    state = {
+        "pid": proc.pid,
+        "started": process_start_time(proc.pid) if started is None else started,
+    }
     return SimpleNamespace(name="w1", state=state, cluster=SimpleNamespace(target=cluster_target))
 
 
@@ -77,7 +80,7 @@ async def test_a_stopping_clusters_scheduler_is_killed_and_its_directory_removed
     workdir = tmp_path / "cluster"
     (workdir / "work").mkdir(parents=True)
     try:
-        state = {"pid": proc.pid, "started": started_at(proc.pid), "workdir": str(workdir)}
+        state = {"pid": proc.pid, "started": process_start_time(proc.pid), "workdir": str(workdir)}
         cluster = SimpleNamespace(state=state)
         await backend.do_stop_cluster(cluster)
         assert proc.wait(5) == -9 and read(record) == ""
@@ -119,7 +122,7 @@ async def test_a_process_that_took_a_dead_workers_pid_is_left_alone(tmp_path, ta
     backend = LocalSpaceBackend()
     proc, record = started(tmp_path, "stranger")
     try:
-        worker = worker_of(proc, target, started=started_at(proc.pid) - 3600)
+        worker = worker_of(proc, target, started=process_start_time(proc.pid) - 3600)
         assert backend._check_status(worker) is False
         await backend.do_stop_worker(worker)
         await backend.do_stop_cluster(SimpleNamespace(state=dict(worker.state)))
