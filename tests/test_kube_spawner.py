@@ -143,11 +143,13 @@ class RunningKubeHub(RunningPlatform):
             self.proc.wait()
         self.log.close()
         code, self.proc = self.proc.returncode, None
-        for proc in psutil.process_iter():  # the hub's own proxy, started in its session
+        # The hub's own proxy, started in its session: the one whose arguments hold this
+        # hub's port as a whole word (a substring could be another platform's, as 2800 is
+        # part of 28001).
+        for proc in psutil.process_iter():
             try:
-                if "configurable-http-proxy" in " ".join(proc.cmdline()) and str(
-                    self.port
-                ) in " ".join(proc.cmdline()):
+                args = proc.cmdline()
+                if "configurable-http-proxy" in " ".join(args) and str(self.port) in args:
                     proc.kill()
             except psutil.Error:
                 pass
