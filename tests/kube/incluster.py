@@ -45,6 +45,21 @@ API_NAMES = (
 # Request headers that mean something to the API server; hop-by-hop ones stay here.
 _FORWARDED_REQUEST = ("authorization", "content-type", "accept", "user-agent")
 _FORWARDED_RESPONSE = ("content-type", "cache-control", "audit-id", "warning")
+# A CA's key signs certificates and revocation lists and nothing else (RFC 5280, 4.2.1.3).
+_CA_KEY_USAGE = {
+    usage: usage in ("key_cert_sign", "crl_sign")
+    for usage in (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+}
 
 
 def make_certificates(host: str) -> tuple[bytes, bytes, bytes]:
@@ -67,20 +82,7 @@ def make_certificates(host: str) -> tuple[bytes, bytes, bytes]:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(x509.KeyUsage(**_CA_KEY_USAGE), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
