@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from functools import partial
 
 import psutil
 
@@ -116,6 +117,14 @@ def listening_ports(processes: list[psutil.Process]) -> set[int]:
     return {port for _, port in listening_addresses(processes)}
 
 
+def _exited(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: only its exit status is left (its sockets may not be closed yet)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def stop(
     processes: list[psutil.Process], data_dir: str, timeout: float = 10
 ) -> set[tuple[str, int]]:
@@ -138,19 +147,14 @@ def stop(
             pass
     deadline = time.monotonic() + timeout
     for proc in processes:
-        while time.monotonic() < deadline:
-            try:
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    break  # dead, its sockets closed; only its exit status is left
-            except psutil.NoSuchProcess:
-                break
-            time.sleep(0.05)
+        procs.wait_until(partial(_exited, proc), max(0.0, deadline - time.monotonic()), 0.05)
     taken = set(addresses)
-    while taken:
-        taken = {(ip, port) for ip, port in taken if not port_is_free(ip, port)}
-        if not taken or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+
+    def all_free() -> bool:
+        taken.difference_update({(ip, port) for ip, port in taken if port_is_free(ip, port)})
+        return not taken
+
+    procs.wait_until(all_free, max(0.0, deadline - time.monotonic()), 0.05)
     try:
         os.unlink(os.path.join(data_dir, "hub", "proxy.pid"))
     except FileNotFoundError:

@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 from clusterhub.procs import process_exited, process_start_time
@@ -168,14 +169,25 @@ time.sleep(600)
 """
 
 
-def start_lingering_listener(linger: float) -> tuple[subprocess.Popen, int, int]:
+@contextlib.contextmanager
+def lingering_listener(linger: float) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """(the listener, its port, the child holding its socket), both killed afterwards."""
     proc = subprocess.Popen(
         [sys.executable, "-c", LINGERING_LISTENER, str(linger)],
         stdout=subprocess.PIPE,
         text=True,
     )
-    port, child = (int(x) for x in proc.stdout.readline().split())
-    return proc, port, child
+    child = None
+    try:
+        port, child = (int(x) for x in proc.stdout.readline().split())
+        yield proc, port, child
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, 9)
 
 
 def test_a_takeover_returns_once_the_ports_of_what_it_stopped_are_free(tmp_path):
@@ -184,8 +196,7 @@ def test_a_takeover_returns_once_the_ports_of_what_it_stopped_are_free(tmp_path)
     from clusterhub import takeover
     from clusterhub.ports import port_is_free
 
-    proc, port, child = start_lingering_listener(1.0)
-    try:
+    with lingering_listener(1.0) as (proc, port, child):
         assert not port_is_free("127.0.0.1", port)
         taken = takeover.stop([psutil.Process(proc.pid)], str(tmp_path))
         assert proc.poll() is not None, "stopped by force"
@@ -193,11 +204,6 @@ def test_a_takeover_returns_once_the_ports_of_what_it_stopped_are_free(tmp_path)
         # Its successor binds the same port at once, though the socket outlived the process.
         assert port_is_free("127.0.0.1", port)
         assert process_exited(child)
-    finally:
-        proc.kill()
-        proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, 9)
 
 
 def test_a_takeover_names_the_ports_still_taken_when_its_wait_runs_out(tmp_path):
@@ -205,15 +211,9 @@ def test_a_takeover_names_the_ports_still_taken_when_its_wait_runs_out(tmp_path)
 
     from clusterhub import takeover
 
-    proc, port, child = start_lingering_listener(600)
-    try:
+    with lingering_listener(600) as (proc, port, _):
         taken = takeover.stop([psutil.Process(proc.pid)], str(tmp_path), timeout=1)
         assert taken == {("127.0.0.1", port)}
-    finally:
-        proc.kill()
-        proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, 9)
 
 
 def test_a_new_up_keeps_the_previous_ports_and_says_which_it_could_not(tmp_path, capsys):
